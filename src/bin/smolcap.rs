@@ -1,0 +1,335 @@
+//! `smolcap` command-line tool: caption, inspect (and the other jobs as they land).
+
+use std::io::Read;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use smolcap::generate::{BeamParams, EarlyStopping, GenerateParams, SampleParams, Strategy};
+use smolcap::hub::DEFAULT_MODEL;
+use smolcap::model::text::Logits;
+use smolcap::processor::image::{DecodeLimits, SourceImage};
+use smolcap::processor::PromptMode;
+use smolcap::{CaptionOptions, LoadOptions, Model};
+
+#[derive(Parser)]
+#[command(
+    name = "smolcap",
+    version,
+    about = "Caption, fine-tune, merge and score SmolVLM models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Caption one or more images.
+    Caption(CaptionArgs),
+    /// Show what the processor and the model did with an image (for debugging preprocessing).
+    Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Model directory or hub repo id.
+    #[arg(long, alias = "base_model_id", alias = "base-model-id", default_value = DEFAULT_MODEL)]
+    model: String,
+    /// Hub revision (branch, tag or commit).
+    #[arg(long)]
+    revision: Option<String>,
+    /// Compute dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Device: cpu, cuda[:N] or metal.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args)]
+struct PromptArgs {
+    /// Image file, `-` for stdin, or an http(s) URL; repeat for several captions.
+    #[arg(long, required = true)]
+    image: Vec<String>,
+    /// The user message (rendered with the model's chat template).
+    #[arg(long, default_value = smolcap::session::DEFAULT_PROMPT)]
+    prompt: String,
+    /// Use --prompt verbatim as the full prompt (it must contain one <image> per image).
+    #[arg(long)]
+    raw_prompt: bool,
+    /// Override the processor's longest edge.
+    #[arg(long, alias = "image_longest_edge")]
+    image_longest_edge: Option<u32>,
+    /// Largest accepted image, in pixels.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    max_image_pixels: u64,
+    /// Largest accepted encoded image, in bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    max_image_bytes: u64,
+    /// Longest accepted prompt in tokens.
+    #[arg(long, default_value_t = 16_384)]
+    max_prompt_tokens: usize,
+}
+
+#[derive(Args)]
+struct CaptionArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    prompt: PromptArgs,
+    /// Most new tokens per caption.
+    #[arg(long, alias = "max_new_tokens", default_value_t = 48)]
+    max_new_tokens: usize,
+    /// Stop tokens are suppressed until this many tokens were generated.
+    #[arg(long, alias = "min_new_tokens", default_value_t = 0)]
+    min_new_tokens: usize,
+    /// Beam search with this many beams (1 = off).
+    #[arg(long, alias = "num_beams", default_value_t = 1)]
+    num_beams: usize,
+    /// Beam-search length penalty.
+    #[arg(long, alias = "length_penalty", default_value_t = 1.0)]
+    length_penalty: f32,
+    /// Beam search stops once num_beams hypotheses are finished.
+    #[arg(long, alias = "early_stopping")]
+    early_stopping: bool,
+    /// Sample with this temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling mass.
+    #[arg(long, alias = "top_p", default_value_t = 1.0)]
+    top_p: f32,
+    /// Top-k sampling (0 = off).
+    #[arg(long, alias = "top_k", default_value_t = 0)]
+    top_k: usize,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Repetition penalty (1 = off).
+    #[arg(long, alias = "repetition_penalty", default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// Images captioned together in one batch.
+    #[arg(long, alias = "batch_size", default_value_t = 1)]
+    batch_size: usize,
+    /// Print {"captions":[...]} as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Stream tokens to stdout as they are generated (single image, greedy/sampling).
+    #[arg(long)]
+    stream: bool,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    prompt: PromptArgs,
+    /// Print JSON (the only format).
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Caption(a) => caption(a),
+        Cmd::Inspect(a) => inspect(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn load_model(a: &ModelArgs) -> AnyResult<Model> {
+    let opts = LoadOptions {
+        dtype: Some(smolcap::device::parse_dtype(&a.dtype)?),
+        device: smolcap::device::parse_device(&a.device)?,
+        revision: a.revision.clone(),
+        ..Default::default()
+    };
+    Ok(Model::load(&a.model, &opts)?)
+}
+
+fn read_image(spec: &str, limits: &DecodeLimits) -> AnyResult<SourceImage> {
+    let bytes = if spec == "-" {
+        let mut v = Vec::new();
+        std::io::stdin()
+            .take(limits.max_encoded_bytes + 1)
+            .read_to_end(&mut v)?;
+        v
+    } else if spec.starts_with("http://") || spec.starts_with("https://") {
+        let resp = ureq::get(spec)
+            .timeout(std::time::Duration::from_secs(30))
+            .call()
+            .map_err(|e| format!("{spec}: {e}"))?;
+        let mut v = Vec::new();
+        resp.into_reader()
+            .take(limits.max_encoded_bytes + 1)
+            .read_to_end(&mut v)?;
+        v
+    } else {
+        let p = PathBuf::from(spec);
+        let len = std::fs::metadata(&p)
+            .map_err(|e| format!("{spec}: {e}"))?
+            .len();
+        if len > limits.max_encoded_bytes {
+            return Err(format!(
+                "{spec}: {len} bytes exceeds the limit of {} (--max-image-bytes)",
+                limits.max_encoded_bytes
+            )
+            .into());
+        }
+        std::fs::read(&p).map_err(|e| format!("{spec}: {e}"))?
+    };
+    if bytes.len() as u64 > limits.max_encoded_bytes {
+        return Err(format!(
+            "{spec}: image exceeds {} bytes (--max-image-bytes)",
+            limits.max_encoded_bytes
+        )
+        .into());
+    }
+    SourceImage::decode(&bytes, limits).map_err(|e| format!("{spec}: {e}").into())
+}
+
+fn caption_options(p: &PromptArgs) -> CaptionOptions {
+    CaptionOptions {
+        prompt: p.prompt.clone(),
+        mode: if p.raw_prompt {
+            PromptMode::Raw
+        } else {
+            PromptMode::Chat
+        },
+        longest_edge: p.image_longest_edge,
+        max_prompt_tokens: p.max_prompt_tokens,
+        ..Default::default()
+    }
+}
+
+fn limits(p: &PromptArgs) -> DecodeLimits {
+    DecodeLimits {
+        max_pixels: p.max_image_pixels,
+        max_encoded_bytes: p.max_image_bytes,
+    }
+}
+
+fn caption(a: CaptionArgs) -> AnyResult<()> {
+    let strategy = if a.num_beams > 1 {
+        Strategy::Beam(BeamParams {
+            num_beams: a.num_beams,
+            length_penalty: a.length_penalty,
+            early_stopping: if a.early_stopping {
+                EarlyStopping::True
+            } else {
+                EarlyStopping::Heuristic
+            },
+        })
+    } else if a.temperature > 0.0 {
+        Strategy::Sample {
+            params: SampleParams {
+                temperature: a.temperature,
+                top_k: a.top_k,
+                top_p: a.top_p,
+            },
+            seed: a.seed,
+        }
+    } else {
+        Strategy::Greedy
+    };
+    let mut opts = caption_options(&a.prompt);
+    opts.params = GenerateParams {
+        max_new_tokens: a.max_new_tokens,
+        strategy,
+        repetition_penalty: a.repetition_penalty,
+        min_new_tokens: a.min_new_tokens,
+    };
+    opts.params.validate()?;
+    if a.batch_size == 0 {
+        return Err("--batch-size must be at least 1".into());
+    }
+    let lim = limits(&a.prompt);
+    let images: Vec<SourceImage> = a
+        .prompt
+        .image
+        .iter()
+        .map(|s| read_image(s, &lim))
+        .collect::<AnyResult<_>>()?;
+    let model = load_model(&a.model)?;
+    let cancel = AtomicBool::new(false);
+    let mut results = Vec::new();
+    for (chunk_i, chunk) in images.chunks(a.batch_size).enumerate() {
+        let inputs: Vec<Vec<&SourceImage>> = chunk.iter().map(|i| vec![i]).collect();
+        let stream = a.stream && !a.json;
+        let mut on_piece = |_: usize, piece: &str| {
+            if stream {
+                use std::io::Write;
+                print!("{piece}");
+                let _ = std::io::stdout().flush();
+            }
+            ControlFlow::Continue(())
+        };
+        let caps = model.caption(&inputs, &opts, &cancel, &mut on_piece)?;
+        for (j, c) in caps.into_iter().enumerate() {
+            let name = a.prompt.image[chunk_i * a.batch_size + j].clone();
+            if stream {
+                println!();
+            } else if !a.json {
+                if images.len() > 1 {
+                    println!("{name}: {}", c.text.trim());
+                } else {
+                    println!("{}", c.text.trim());
+                }
+            }
+            results.push(json!({"image": name, "text": c.text, "token_ids": c.token_ids}));
+        }
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "captions": results }))?
+        );
+    }
+    Ok(())
+}
+
+fn inspect(a: InspectArgs) -> AnyResult<()> {
+    let lim = limits(&a.prompt);
+    let images: Vec<SourceImage> = a
+        .prompt
+        .image
+        .iter()
+        .map(|s| read_image(s, &lim))
+        .collect::<AnyResult<_>>()?;
+    let model = load_model(&a.model)?;
+    let opts = caption_options(&a.prompt);
+    let refs: Vec<&SourceImage> = images.iter().collect();
+    let p = model.prepare(&refs, &opts)?;
+    let sum: f64 = p.pixel_values.iter().map(|&v| v as f64).sum();
+    let abs_sum: f64 = p.pixel_values.iter().map(|&v| (v as f64).abs()).sum();
+    let logits = model
+        .prompt_logits(&p, Logits::Last, opts.vision_chunk)?
+        .to_vec1::<f32>()?;
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&x, &y| logits[y].total_cmp(&logits[x]));
+    idx.truncate(20);
+    let out = json!({
+        "input_ids": p.input_ids,
+        "num_tiles": p.num_tiles,
+        "grids": p.grids,
+        "pixel_values": {"shape": [p.num_tiles, 3, p.tile_size, p.tile_size], "sum": sum, "abs_sum": abs_sum},
+        "logits_last": {"ids": idx, "values": idx.iter().map(|&i| logits[i]).collect::<Vec<_>>()},
+    });
+    let _ = a.json;
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

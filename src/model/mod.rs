@@ -1,0 +1,131 @@
+//! The Idefics3 / SmolVLM network: vision tower, connector and text decoder.
+
+pub mod connector;
+pub mod linear;
+pub mod text;
+pub mod vision;
+pub mod weights;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use connector::Connector;
+use text::TextModel;
+use vision::VisionModel;
+use weights::Weights;
+
+/// Immutable weights of a loaded Idefics3 model; share it behind an `Arc`.
+pub struct Idefics3 {
+    cfg: ModelConfig,
+    /// SigLIP encoder.
+    pub vision: VisionModel,
+    /// Pixel shuffle + projection.
+    pub connector: Connector,
+    /// Llama decoder + head.
+    pub text: TextModel,
+    dtype: DType,
+    device: Device,
+}
+
+impl Idefics3 {
+    /// Builds the network from checkpoint tensors named as in the HF hub layout.
+    pub fn load(w: &Weights, cfg: &ModelConfig) -> Result<Self> {
+        // Some exports store the decoder without the `model.` prefix (older Idefics3 naming).
+        let (vp, cp, tp) = if w.contains("model.text_model.embed_tokens.weight") {
+            ("model.vision_model", "model.connector", "model.text_model")
+        } else if w.contains("text_model.embed_tokens.weight") {
+            ("vision_model", "connector", "text_model")
+        } else {
+            return Err(Error::format(
+                "model.safetensors",
+                "missing tensor model.text_model.embed_tokens.weight (not an Idefics3 checkpoint?)",
+            ));
+        };
+        let vision = VisionModel::load(w, vp, &cfg.vision)?;
+        let connector = Connector::load(
+            w,
+            cp,
+            cfg.vision.hidden_size,
+            cfg.text.hidden_size,
+            cfg.scale_factor,
+        )?;
+        let text = TextModel::load(w, tp, &cfg.text, cfg.tie_word_embeddings)?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            vision,
+            connector,
+            text,
+            dtype: w.dtype(),
+            device: w.device().clone(),
+        })
+    }
+
+    /// The model configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Compute device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Vision tower + connector: `[n, 3, S, S]` tiles → `[n, image_seq_len, text_hidden]`.
+    pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let v = self.vision.forward(pixel_values)?;
+        self.connector.forward(&v)
+    }
+
+    /// Text embeddings of `ids` `[b, L]` with every image-token position replaced, in order, by
+    /// the rows of `features` `[n, seq, hidden]`.
+    pub fn embed_with_images(&self, ids: &Tensor, features: Option<&Tensor>) -> Result<Tensor> {
+        let emb = self.text.embed(ids)?;
+        let (b, l, hdim) = emb.dims3()?;
+        let ids_v = ids.flatten_all()?.to_vec1::<u32>()?;
+        let img = self.cfg.image_token_id;
+        let positions: Vec<u32> = ids_v
+            .iter()
+            .enumerate()
+            .filter(|(_, &t)| t == img)
+            .map(|(i, _)| i as u32)
+            .collect();
+        let feats = match features {
+            Some(f) => f.reshape(((), hdim))?,
+            None if positions.is_empty() => return Ok(emb),
+            None => {
+                return Err(Error::InvalidArgument(format!(
+                    "the prompt has {} image tokens but no image was given",
+                    positions.len()
+                )))
+            }
+        };
+        let n_feat = feats.dim(0)?;
+        if n_feat != positions.len() {
+            return Err(Error::InvalidArgument(format!(
+                "the prompt has {} image tokens but the images give {n_feat} features",
+                positions.len()
+            )));
+        }
+        if positions.is_empty() {
+            return Ok(emb);
+        }
+        let flat = emb.reshape((b * l, hdim))?;
+        let idx = Tensor::new(positions.as_slice(), emb.device())?;
+        // Zero the image slots, then add the features there: exact, unlike emb + (feat - emb).
+        let keep: Vec<f32> = ids_v
+            .iter()
+            .map(|&t| if t == img { 0.0 } else { 1.0 })
+            .collect();
+        let keep = Tensor::from_vec(keep, (b * l, 1), emb.device())?.to_dtype(emb.dtype())?;
+        let merged =
+            flat.broadcast_mul(&keep)?
+                .index_add(&idx, &feats.to_dtype(emb.dtype())?, 0)?;
+        Ok(merged.reshape((b, l, hdim))?)
+    }
+}

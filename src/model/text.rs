@@ -1,0 +1,397 @@
+//! Llama decoder of Idefics3 (`model.text_model` + `lm_head`) with a preallocated KV cache.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::TextConfig;
+use crate::error::{Error, Result};
+use crate::model::linear::{Linear, RmsNorm};
+use crate::model::vision::{activate, softmax_f32};
+use crate::model::weights::Weights;
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+struct Layer {
+    input_ln: RmsNorm,
+    attn: Attention,
+    post_ln: RmsNorm,
+    mlp: Mlp,
+}
+
+/// Which positions get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position of each row: `[b, vocab]`.
+    Last,
+    /// Every position: `[b, L, vocab]`.
+    All,
+}
+
+/// Per-layer key/value cache of shape `[b, kv_heads, capacity, head_dim]`, filled up to `len`.
+pub struct KvCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    /// Allocates a cache for `batch` rows and `capacity` positions.
+    pub fn new(
+        cfg: &TextConfig,
+        batch: usize,
+        capacity: usize,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Self> {
+        let shape = (batch, cfg.num_key_value_heads, capacity, cfg.head_dim);
+        let mut k = Vec::with_capacity(cfg.num_hidden_layers);
+        let mut v = Vec::with_capacity(cfg.num_hidden_layers);
+        for _ in 0..cfg.num_hidden_layers {
+            k.push(Tensor::zeros(shape, dtype, dev)?);
+            v.push(Tensor::zeros(shape, dtype, dev)?);
+        }
+        Ok(Self {
+            k,
+            v,
+            len: 0,
+            capacity,
+        })
+    }
+
+    /// Positions filled so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Keeps rows `rows` (in that order) of the batch, e.g. to follow beam reordering.
+    pub fn select_rows(&mut self, rows: &[u32]) -> Result<()> {
+        let dev = self
+            .k
+            .first()
+            .map(|t| t.device().clone())
+            .unwrap_or(Device::Cpu);
+        let idx = Tensor::new(rows, &dev)?;
+        for t in self.k.iter_mut().chain(self.v.iter_mut()) {
+            *t = t.index_select(&idx, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// Rotary embedding tables indexed by position.
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(cfg: &TextConfig, dtype: DType, dev: &Device) -> Result<Self> {
+        let half = cfg.head_dim / 2;
+        let n = cfg.max_position_embeddings.max(1);
+        // Computed in f32 like the reference: inv_freq = 1 / theta^(2i/d), angle = pos * inv_freq.
+        let theta = cfg.rope_theta as f32;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / cfg.head_dim as f32))
+            .collect();
+        let factor = cfg.rope_linear_factor as f32;
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in 0..n {
+            let pos = p as f32 / factor;
+            for f in &inv {
+                let a = pos * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (n, half), dev)?.to_dtype(dtype)?,
+            sin: Tensor::from_vec(sin, (n, half), dev)?.to_dtype(dtype)?,
+        })
+    }
+}
+
+/// The Llama decoder with its output head.
+pub struct TextModel {
+    cfg: TextConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+}
+
+impl TextModel {
+    /// Loads `{prefix}.*` and `lm_head` (or ties it to the embedding).
+    pub fn load(w: &Weights, prefix: &str, cfg: &TextConfig, tied: bool) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let qd = cfg.num_attention_heads * cfg.head_dim;
+        let kvd = cfg.num_key_value_heads * cfg.head_dim;
+        let embed_name = format!("{prefix}.embed_tokens.weight");
+        let embed = w.get(&embed_name, &[cfg.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let lp = format!("{prefix}.layers.{i}");
+            let ab = cfg.attention_bias;
+            let mb = cfg.mlp_bias;
+            let lin =
+                |n: &str, i_dim, o_dim, b| Linear::load(w, &format!("{lp}.{n}"), i_dim, o_dim, b);
+            layers.push(Layer {
+                input_ln: RmsNorm::load(w, &format!("{lp}.input_layernorm"), h, cfg.rms_norm_eps)?,
+                attn: Attention {
+                    q: lin("self_attn.q_proj", h, qd, ab)?,
+                    k: lin("self_attn.k_proj", h, kvd, ab)?,
+                    v: lin("self_attn.v_proj", h, kvd, ab)?,
+                    o: lin("self_attn.o_proj", qd, h, ab)?,
+                },
+                post_ln: RmsNorm::load(
+                    w,
+                    &format!("{lp}.post_attention_layernorm"),
+                    h,
+                    cfg.rms_norm_eps,
+                )?,
+                mlp: Mlp {
+                    gate: lin("mlp.gate_proj", h, cfg.intermediate_size, mb)?,
+                    up: lin("mlp.up_proj", h, cfg.intermediate_size, mb)?,
+                    down: lin("mlp.down_proj", cfg.intermediate_size, h, mb)?,
+                },
+            });
+        }
+        let norm = RmsNorm::load(w, &format!("{prefix}.norm"), h, cfg.rms_norm_eps)?;
+        let lm_head = if tied || !w.contains("lm_head.weight") && tied_fallback(w, &embed_name) {
+            Linear {
+                weight: embed.clone(),
+                bias: None,
+                name: "lm_head".into(),
+            }
+        } else {
+            Linear::load(w, "lm_head", h, cfg.vocab_size, false)?
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            rope: Rope::new(cfg, w.dtype(), w.device())?,
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// The text configuration.
+    pub fn config(&self) -> &TextConfig {
+        &self.cfg
+    }
+
+    /// Looks up token embeddings: `[b, L]` ids → `[b, L, hidden]`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        let vocab = self.cfg.vocab_size as u32;
+        if let Some(bad) = ids
+            .flatten_all()?
+            .to_vec1::<u32>()?
+            .into_iter()
+            .find(|&t| t >= vocab)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let e = self.embed.index_select(&ids.flatten_all()?, 0)?;
+        Ok(e.reshape((b, l, self.cfg.hidden_size))?)
+    }
+
+    /// Runs the decoder on `embeds` `[b, L, hidden]` appended after the cache contents.
+    ///
+    /// `positions` `[b, L]` (u32) are the RoPE positions; `key_mask` `[b, cache.len()+L]` (u8, 1 =
+    /// attend) hides padding and may be `None` when no row is padded.
+    pub fn forward(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        key_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        logits: Logits,
+    ) -> Result<Tensor> {
+        let (b, l, _) = embeds.dims3()?;
+        let past = cache.len;
+        let total = past + l;
+        if total > cache.capacity {
+            return Err(Error::Limit(format!(
+                "sequence of {total} tokens exceeds the cache capacity {}",
+                cache.capacity
+            )));
+        }
+        let max_pos = self.cfg.max_position_embeddings as u32;
+        let pos_flat = positions.flatten_all()?;
+        if pos_flat.max(0)?.to_scalar::<u32>()? >= max_pos {
+            return Err(Error::Limit(format!(
+                "position exceeds max_position_embeddings {max_pos}"
+            )));
+        }
+        let cos = self
+            .rope
+            .cos
+            .index_select(&pos_flat, 0)?
+            .reshape((b, l, ()))?;
+        let sin = self
+            .rope
+            .sin
+            .index_select(&pos_flat, 0)?
+            .reshape((b, l, ()))?;
+        let mask = self.build_mask(b, l, past, key_mask, embeds.device())?;
+
+        let mut h = embeds.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let x = layer.input_ln.forward(&h)?;
+            let x = self.attention(layer, &x, &cos, &sin, mask.as_ref(), cache, i)?;
+            let h1 = (h + x)?;
+            let x = layer.post_ln.forward(&h1)?;
+            let g = activate(&layer.mlp.gate.forward(&x)?, self.cfg.hidden_act)?;
+            let u = layer.mlp.up.forward(&x)?;
+            let x = layer.mlp.down.forward(&(g * u)?)?;
+            h = (h1 + x)?;
+        }
+        cache.len = total;
+        let h = match logits {
+            Logits::Last => h.narrow(1, l - 1, 1)?.contiguous()?,
+            Logits::All => h,
+        };
+        let h = self.norm.forward(&h)?;
+        let out = self.lm_head.forward(&h)?;
+        Ok(match logits {
+            Logits::Last => out.squeeze(1)?,
+            Logits::All => out,
+        })
+    }
+
+    /// Additive mask `[b, 1, 1, L, total]` in f32 or None when plain causal attention over a
+    /// single query needs none.
+    fn build_mask(
+        &self,
+        b: usize,
+        l: usize,
+        past: usize,
+        key_mask: Option<&Tensor>,
+        dev: &Device,
+    ) -> Result<Option<Tensor>> {
+        if l == 1 && key_mask.is_none() {
+            return Ok(None);
+        }
+        let total = past + l;
+        let keys: Option<Vec<u8>> = match key_mask {
+            Some(m) => {
+                let (mb, mt) = m.dims2()?;
+                if mb != b || mt != total {
+                    return Err(Error::Internal(format!(
+                        "key mask shape [{mb}, {mt}] != [{b}, {total}]"
+                    )));
+                }
+                Some(m.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>()?)
+            }
+            None => None,
+        };
+        let neg = f32::MIN;
+        let mut data = vec![0f32; b * l * total];
+        for r in 0..b {
+            for i in 0..l {
+                let row = &mut data[(r * l + i) * total..(r * l + i + 1) * total];
+                for (j, v) in row.iter_mut().enumerate() {
+                    let causal_ok = j <= past + i;
+                    let key_ok = keys.as_ref().is_none_or(|k| k[r * total + j] != 0);
+                    if !(causal_ok && key_ok) {
+                        *v = neg;
+                    }
+                }
+            }
+        }
+        Ok(Some(Tensor::from_vec(data, (b, 1, 1, l, total), dev)?))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        li: usize,
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        let (b, l, _) = x.dims3()?;
+        let (nh, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let rep = nh / kvh;
+        let q = layer
+            .attn
+            .q
+            .forward(x)?
+            .reshape((b, l, nh, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = layer
+            .attn
+            .k
+            .forward(x)?
+            .reshape((b, l, kvh, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = layer
+            .attn
+            .v
+            .forward(x)?
+            .reshape((b, l, kvh, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let past = cache.len;
+        cache.k[li].slice_set(&k, 2, past)?;
+        cache.v[li].slice_set(&v, 2, past)?;
+        let total = past + l;
+        let k_all = cache.k[li].narrow(2, 0, total)?;
+        let v_all = cache.v[li].narrow(2, 0, total)?;
+        // Grouped-query attention without copying K/V: query heads sharing a KV head are stacked
+        // along the query axis ([b, kvh, rep·L, d]).
+        let qg = q.reshape((b, kvh, rep * l, hd))?;
+        let scale = (hd as f64).powf(-0.5);
+        let scores = (qg.matmul(&k_all.t()?)? * scale)?;
+        let scores = match mask {
+            Some(m) => scores
+                .to_dtype(DType::F32)?
+                .reshape((b, kvh, rep, l, total))?
+                .broadcast_add(m)?
+                .reshape((b, kvh, rep * l, total))?
+                .to_dtype(x.dtype())?,
+            None => scores,
+        };
+        let probs = softmax_f32(&scores)?;
+        let o = probs.matmul(&v_all)?; // [b, kvh, rep·L, d]
+        let o = o
+            .reshape((b, nh, l, hd))?
+            .transpose(1, 2)?
+            .reshape((b, l, nh * hd))?;
+        layer.attn.o.forward(&o)
+    }
+}
+
+/// A checkpoint without `lm_head.weight` is treated as tied (some exports drop the duplicate).
+fn tied_fallback(w: &Weights, embed_name: &str) -> bool {
+    w.contains(embed_name)
+}

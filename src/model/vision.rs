@@ -1,0 +1,182 @@
+//! SigLIP vision tower of Idefics3 (`model.vision_model`).
+
+use candle_core::{DType, Tensor};
+
+use crate::config::{Activation, VisionConfig};
+use crate::error::{Error, Result};
+use crate::model::linear::{LayerNorm, Linear};
+use crate::model::weights::Weights;
+
+/// Applies an activation function.
+pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Silu => candle_nn::ops::silu(x)?,
+        Activation::GeluTanh => x.gelu()?,
+        Activation::Gelu => x.gelu_erf()?,
+    })
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+}
+
+struct Layer {
+    ln1: LayerNorm,
+    attn: Attention,
+    ln2: LayerNorm,
+    mlp: Mlp,
+}
+
+/// The vision encoder: patch embedding, position embedding, encoder layers, final LayerNorm.
+pub struct VisionModel {
+    cfg: VisionConfig,
+    /// Patch embedding as a `[hidden, 3·p·p]` matrix (a stride-p convolution is a matmul).
+    patch_w: Tensor,
+    patch_b: Tensor,
+    pos: Tensor,
+    layers: Vec<Layer>,
+    post_ln: LayerNorm,
+}
+
+impl VisionModel {
+    /// Loads the tower from `prefix` (e.g. `model.vision_model`).
+    pub fn load(w: &Weights, prefix: &str, cfg: &VisionConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let p = cfg.patch_size;
+        let c = cfg.num_channels;
+        let patch_w = w
+            .get(
+                &format!("{prefix}.embeddings.patch_embedding.weight"),
+                &[h, c, p, p],
+            )?
+            .reshape((h, c * p * p))?;
+        let patch_b = w.get(&format!("{prefix}.embeddings.patch_embedding.bias"), &[h])?;
+        let n = cfg.patches_per_side() * cfg.patches_per_side();
+        let pos = w.get(
+            &format!("{prefix}.embeddings.position_embedding.weight"),
+            &[n, h],
+        )?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let lp = format!("{prefix}.encoder.layers.{i}");
+            let lin = |name: &str, i_dim, o_dim| {
+                Linear::load(w, &format!("{lp}.{name}"), i_dim, o_dim, true)
+            };
+            layers.push(Layer {
+                ln1: LayerNorm::load(w, &format!("{lp}.layer_norm1"), h, cfg.layer_norm_eps)?,
+                attn: Attention {
+                    q: lin("self_attn.q_proj", h, h)?,
+                    k: lin("self_attn.k_proj", h, h)?,
+                    v: lin("self_attn.v_proj", h, h)?,
+                    out: lin("self_attn.out_proj", h, h)?,
+                    heads: cfg.num_attention_heads,
+                    head_dim: cfg.head_dim(),
+                },
+                ln2: LayerNorm::load(w, &format!("{lp}.layer_norm2"), h, cfg.layer_norm_eps)?,
+                mlp: Mlp {
+                    fc1: lin("mlp.fc1", h, cfg.intermediate_size)?,
+                    fc2: lin("mlp.fc2", cfg.intermediate_size, h)?,
+                    act: cfg.hidden_act,
+                },
+            });
+        }
+        let post_ln = LayerNorm::load(
+            w,
+            &format!("{prefix}.post_layernorm"),
+            h,
+            cfg.layer_norm_eps,
+        )?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            patch_w,
+            patch_b,
+            pos,
+            layers,
+            post_ln,
+        })
+    }
+
+    /// Encodes `[n, 3, S, S]` full tiles into `[n, patches, hidden]` (after the final LayerNorm).
+    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let (n, c, hgt, wid) = pixel_values.dims4()?;
+        let s = self.cfg.image_size;
+        if c != self.cfg.num_channels || hgt != s || wid != s {
+            return Err(Error::InvalidArgument(format!(
+                "vision tower expects [n, {}, {s}, {s}] tiles, got {:?}",
+                self.cfg.num_channels,
+                pixel_values.dims()
+            )));
+        }
+        let p = self.cfg.patch_size;
+        let g = s / p;
+        let hidden = self.cfg.hidden_size;
+        let x = pixel_values.to_dtype(self.patch_w.dtype())?;
+        // [n, c, g, p, g, p] -> [n, g, g, c, p, p]: each row is one patch in (c, ky, kx) order,
+        // the order of the convolution kernel.
+        let patches = x
+            .reshape((n, c, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((n * g * g, c * p * p))?;
+        let emb = patches
+            .matmul(&self.patch_w.t()?)?
+            .broadcast_add(&self.patch_b)?
+            .reshape((n, g * g, hidden))?;
+        let mut h = emb.broadcast_add(&self.pos.unsqueeze(0)?)?;
+        for layer in &self.layers {
+            let r = h.clone();
+            let x = layer.ln1.forward(&h)?;
+            let x = layer.attn.forward(&x)?;
+            let h1 = (r + x)?;
+            let x = layer.ln2.forward(&h1)?;
+            let x = layer.mlp.fc1.forward(&x)?;
+            let x = activate(&x, layer.mlp.act)?;
+            let x = layer.mlp.fc2.forward(&x)?;
+            h = (h1 + x)?;
+        }
+        self.post_ln.forward(&h)
+    }
+}
+
+impl Attention {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, l, _) = x.dims3()?;
+        let split = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((n, l, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = split(self.q.forward(x)?)?;
+        let k = split(self.k.forward(x)?)?;
+        let v = split(self.v.forward(x)?)?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let probs = softmax_f32(&scores)?;
+        let o = probs.matmul(&v)?;
+        let o = o
+            .transpose(1, 2)?
+            .reshape((n, l, self.heads * self.head_dim))?;
+        self.out.forward(&o)
+    }
+}
+
+/// Softmax over the last dimension computed in f32 (as the reference does), returned in the input dtype.
+pub fn softmax_f32(x: &Tensor) -> Result<Tensor> {
+    let dt = x.dtype();
+    if dt == DType::F32 {
+        return Ok(candle_nn::ops::softmax_last_dim(x)?);
+    }
+    let y = candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?;
+    Ok(y.to_dtype(dt)?)
+}

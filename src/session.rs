@@ -1,0 +1,445 @@
+//! A loaded model bundle (`Model`) and the captioning pipeline over it.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
+
+use crate::config::{ConfigLimits, ModelConfig};
+use crate::error::{Error, Result};
+use crate::generate::{self, GenerateParams, StepModel};
+use crate::model::text::{KvCache, Logits};
+use crate::model::weights::Weights;
+use crate::model::Idefics3;
+use crate::processor::image::SourceImage;
+use crate::processor::{Prepared, Processor, PromptMode};
+use crate::tokenizer::IncrementalDecoder;
+
+/// The seed's default prompt.
+pub const DEFAULT_PROMPT: &str = "Describe this image in detail.";
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Compute dtype; `None` = f32 on CPU, the checkpoint's dtype elsewhere.
+    pub dtype: Option<DType>,
+    /// Compute device.
+    pub device: Device,
+    /// Hub revision when the model is a repo id.
+    pub revision: Option<String>,
+    /// Bounds on config values.
+    pub config_limits: ConfigLimits,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: None,
+            device: Device::Cpu,
+            revision: None,
+            config_limits: ConfigLimits::default(),
+        }
+    }
+}
+
+/// Per-call captioning options.
+#[derive(Debug, Clone)]
+pub struct CaptionOptions {
+    /// The user text (chat mode) or the full prompt (raw mode).
+    pub prompt: String,
+    /// How `prompt` is used.
+    pub mode: PromptMode,
+    /// Generation settings.
+    pub params: GenerateParams,
+    /// Overrides the processor's `size.longest_edge`.
+    pub longest_edge: Option<u32>,
+    /// Longest accepted prompt, in tokens (image tokens included).
+    pub max_prompt_tokens: usize,
+    /// Most tiles encoded by the vision tower at once (bounds attention memory).
+    pub vision_chunk: usize,
+}
+
+impl Default for CaptionOptions {
+    fn default() -> Self {
+        Self {
+            prompt: DEFAULT_PROMPT.into(),
+            mode: PromptMode::Chat,
+            params: GenerateParams::default(),
+            longest_edge: None,
+            max_prompt_tokens: 16_384,
+            vision_chunk: 4,
+        }
+    }
+}
+
+/// One generated caption.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caption {
+    /// Decoded text, special tokens removed.
+    pub text: String,
+    /// Generated ids (a final stop token included).
+    pub token_ids: Vec<u32>,
+    /// Prompt length in tokens.
+    pub prompt_tokens: usize,
+    /// Image tiles encoded for this caption.
+    pub num_tiles: usize,
+    /// Where the time went (for the whole batch this caption was part of).
+    pub timings: Timings,
+}
+
+/// Wall-clock seconds per stage of one `caption` call.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Decoding, resizing, tokenizing.
+    pub preprocess_s: f64,
+    /// Vision tower + connector.
+    pub vision_s: f64,
+    /// Prompt forward pass.
+    pub prefill_s: f64,
+    /// Token-by-token generation after the first token.
+    pub decode_s: f64,
+    /// Decoder steps run after prefill.
+    pub decode_steps: usize,
+}
+
+/// Everything loaded from a model directory; immutable and shareable across threads.
+pub struct Model {
+    net: Idefics3,
+    processor: Processor,
+    dir: PathBuf,
+    stop_tokens: Vec<u32>,
+    pad_token: u32,
+}
+
+impl Model {
+    /// Loads a local directory or a hub repo id.
+    pub fn load(spec: &str, opts: &LoadOptions) -> Result<Self> {
+        let dir = crate::hub::resolve(spec, opts.revision.as_deref())?;
+        Self::load_dir(&dir, opts)
+    }
+
+    /// Loads a model directory in the HF layout.
+    pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let cfg = ModelConfig::from_file(&dir.join("config.json"), &opts.config_limits)?;
+        let dtype = match opts.dtype {
+            Some(d) => d,
+            None => DType::F32,
+        };
+        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(Error::Unsupported(format!("compute dtype {dtype:?}")));
+        }
+        let weights = Weights::open(dir, dtype, &opts.device)?;
+        let net = Idefics3::load(&weights, &cfg)?;
+        drop(weights);
+        let processor = Processor::load(dir, &cfg)?;
+        let (stop_tokens, pad_token) = special_ids(dir, &processor)?;
+        Ok(Self {
+            net,
+            processor,
+            dir: dir.to_path_buf(),
+            stop_tokens,
+            pad_token,
+        })
+    }
+
+    /// The model directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The network.
+    pub fn network(&self) -> &Idefics3 {
+        &self.net
+    }
+
+    /// The processor.
+    pub fn processor(&self) -> &Processor {
+        &self.processor
+    }
+
+    /// Generation stops on these ids.
+    pub fn stop_tokens(&self) -> &[u32] {
+        &self.stop_tokens
+    }
+
+    /// Renders and tokenizes one prompt with its images.
+    pub fn prepare(&self, images: &[&SourceImage], opts: &CaptionOptions) -> Result<Prepared> {
+        let text = self
+            .processor
+            .prompt_text(&opts.prompt, images.len(), opts.mode)?;
+        let p = self.processor.prepare(&text, images, opts.longest_edge)?;
+        if p.input_ids.len() > opts.max_prompt_tokens {
+            return Err(Error::Limit(format!(
+                "prompt of {} tokens exceeds max_prompt_tokens {}",
+                p.input_ids.len(),
+                opts.max_prompt_tokens
+            )));
+        }
+        Ok(p)
+    }
+
+    /// Vision tower + connector over all tiles of `preps`, in chunks; one tensor per prompt.
+    pub fn image_features(&self, preps: &[&Prepared], chunk: usize) -> Result<Vec<Option<Tensor>>> {
+        let dev = self.net.device();
+        let mut out = Vec::with_capacity(preps.len());
+        for p in preps {
+            if p.num_tiles == 0 {
+                out.push(None);
+                continue;
+            }
+            let s = p.tile_size;
+            let all = Tensor::from_slice(&p.pixel_values, (p.num_tiles, 3, s, s), dev)?;
+            let mut parts = Vec::new();
+            let mut start = 0;
+            while start < p.num_tiles {
+                let n = chunk.max(1).min(p.num_tiles - start);
+                parts.push(self.net.image_features(&all.narrow(0, start, n)?)?);
+                start += n;
+            }
+            out.push(Some(Tensor::cat(&parts, 0)?));
+        }
+        Ok(out)
+    }
+
+    /// Logits of a single prepared prompt: the last position or all positions.
+    pub fn prompt_logits(&self, p: &Prepared, which: Logits, chunk: usize) -> Result<Tensor> {
+        let feats = self.image_features(&[p], chunk)?;
+        let dev = self.net.device();
+        let ids = Tensor::new(p.input_ids.as_slice(), dev)?.unsqueeze(0)?;
+        let emb = self.net.embed_with_images(&ids, feats[0].as_ref())?;
+        let l = p.input_ids.len();
+        let mut cache = KvCache::new(&self.net.config().text, 1, l, self.net.dtype(), dev)?;
+        let pos = Tensor::arange(0u32, l as u32, dev)?.unsqueeze(0)?;
+        let logits = self.net.text.forward(&emb, &pos, None, &mut cache, which)?;
+        Ok(logits.squeeze(0)?.to_dtype(DType::F32)?)
+    }
+
+    /// Captions each entry of `inputs` (the images of one prompt), batched with left padding.
+    ///
+    /// `on_piece(i, text)` receives streamed text of caption i (greedy and sampling; beam search
+    /// reports each finished caption at the end) and may stop that caption.
+    pub fn caption(
+        &self,
+        inputs: &[Vec<&SourceImage>],
+        opts: &CaptionOptions,
+        cancel: &AtomicBool,
+        on_piece: &mut dyn FnMut(usize, &str) -> ControlFlow<()>,
+    ) -> Result<Vec<Caption>> {
+        opts.params.validate()?;
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let t0 = Instant::now();
+        let preps: Vec<Prepared> = inputs
+            .iter()
+            .map(|imgs| self.prepare(imgs, opts))
+            .collect::<Result<_>>()?;
+        let refs: Vec<&Prepared> = preps.iter().collect();
+        let t1 = Instant::now();
+        let feats = self.image_features(&refs, opts.vision_chunk)?;
+        let t2 = Instant::now();
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        let dev = self.net.device();
+        let b = preps.len();
+        let lmax = preps.iter().map(|p| p.input_ids.len()).max().unwrap_or(0);
+        // Embed each prompt on its own, then left-pad the embeddings into one batch.
+        let pad_emb = self
+            .net
+            .text
+            .embed(&Tensor::new(&[[self.pad_token]], dev)?)?;
+        let mut rows = Vec::with_capacity(b);
+        let mut mask = vec![0u8; b * lmax];
+        let mut pos = vec![1u32; b * lmax];
+        for (r, (p, f)) in preps.iter().zip(&feats).enumerate() {
+            let l = p.input_ids.len();
+            let ids = Tensor::new(p.input_ids.as_slice(), dev)?.unsqueeze(0)?;
+            let e = self.net.embed_with_images(&ids, f.as_ref())?;
+            let e = if l < lmax {
+                Tensor::cat(&[&pad_emb.repeat((1, lmax - l, 1))?, &e], 1)?
+            } else {
+                e
+            };
+            rows.push(e);
+            for j in 0..l {
+                mask[r * lmax + lmax - l + j] = 1;
+                pos[r * lmax + lmax - l + j] = j as u32;
+            }
+        }
+        let emb = Tensor::cat(&rows, 0)?;
+        let padded = preps.iter().any(|p| p.input_ids.len() < lmax);
+        let key_mask: Vec<Vec<u8>> = (0..b)
+            .map(|r| mask[r * lmax..(r + 1) * lmax].to_vec())
+            .collect();
+        let next_pos: Vec<u32> = preps.iter().map(|p| p.input_ids.len() as u32).collect();
+        let capacity = lmax + opts.params.max_new_tokens;
+        let mut state = BatchState {
+            model: self,
+            cache: KvCache::new(&self.net.config().text, b, capacity, self.net.dtype(), dev)?,
+            key_mask,
+            next_pos,
+            padded,
+            steps: 0,
+        };
+        let first = {
+            let pos_t = Tensor::from_vec(pos, (b, lmax), dev)?;
+            let m = if padded {
+                Some(Tensor::from_vec(mask, (b, lmax), dev)?)
+            } else {
+                None
+            };
+            let logits =
+                self.net
+                    .text
+                    .forward(&emb, &pos_t, m.as_ref(), &mut state.cache, Logits::Last)?;
+            logits.to_dtype(DType::F32)?.to_vec2::<f32>()?
+        };
+        let t3 = Instant::now();
+        let prompts: Vec<Vec<u32>> = preps.iter().map(|p| p.input_ids.clone()).collect();
+        let tok = &self.processor.tokenizer;
+        let mut decoders: Vec<IncrementalDecoder> =
+            (0..b).map(|_| IncrementalDecoder::new(true)).collect();
+        let mut cb_err: Option<Error> = None;
+        let mut on_token = |r: usize, id: u32| -> ControlFlow<()> {
+            match decoders[r].push(tok, id) {
+                Ok(Some(piece)) => on_piece(r, &piece),
+                Ok(None) => ControlFlow::Continue(()),
+                Err(e) => {
+                    cb_err = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        };
+        let out = generate::generate(
+            &mut state,
+            first,
+            &prompts,
+            &opts.params,
+            &self.stop_tokens,
+            self.pad_token,
+            cancel,
+            &mut on_token,
+        )?;
+        if let Some(e) = cb_err {
+            return Err(e);
+        }
+        let timings = Timings {
+            preprocess_s: (t1 - t0).as_secs_f64(),
+            vision_s: (t2 - t1).as_secs_f64(),
+            prefill_s: (t3 - t2).as_secs_f64(),
+            decode_s: t3.elapsed().as_secs_f64(),
+            decode_steps: state.steps,
+        };
+        out.into_iter()
+            .zip(preps.iter())
+            .map(|(ids, p)| {
+                Ok(Caption {
+                    text: tok.decode(&ids, true)?,
+                    token_ids: ids,
+                    prompt_tokens: p.input_ids.len(),
+                    num_tiles: p.num_tiles,
+                    timings,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Decoding state of one batch: cache, per-row key masks and next positions.
+struct BatchState<'a> {
+    model: &'a Model,
+    cache: KvCache,
+    key_mask: Vec<Vec<u8>>,
+    next_pos: Vec<u32>,
+    padded: bool,
+    steps: usize,
+}
+
+impl StepModel for BatchState<'_> {
+    fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let net = &self.model.net;
+        let dev = net.device();
+        let b = tokens.len();
+        let ids = Tensor::from_slice(tokens, (b, 1), dev)?;
+        let emb = net.text.embed(&ids)?;
+        let pos = Tensor::from_slice(&self.next_pos, (b, 1), dev)?;
+        for m in &mut self.key_mask {
+            m.push(1);
+        }
+        let mask = if self.padded {
+            let flat: Vec<u8> = self.key_mask.iter().flatten().copied().collect();
+            let t = self.key_mask.first().map_or(0, Vec::len);
+            Some(Tensor::from_vec(flat, (b, t), dev)?)
+        } else {
+            None
+        };
+        let logits = net
+            .text
+            .forward(&emb, &pos, mask.as_ref(), &mut self.cache, Logits::Last)?;
+        for p in &mut self.next_pos {
+            *p += 1;
+        }
+        self.steps += 1;
+        Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+    }
+
+    fn select_rows(&mut self, rows: &[u32]) -> Result<()> {
+        self.cache.select_rows(rows)?;
+        self.key_mask = rows
+            .iter()
+            .map(|&r| self.key_mask[r as usize].clone())
+            .collect();
+        self.next_pos = rows.iter().map(|&r| self.next_pos[r as usize]).collect();
+        Ok(())
+    }
+}
+
+/// Stop ids and pad id: generation_config.json, then config.json, then the tokenizer's eos.
+fn special_ids(dir: &Path, p: &Processor) -> Result<(Vec<u32>, u32)> {
+    let mut stops: Vec<u32> = Vec::new();
+    let mut pad: Option<u32> = None;
+    for f in ["generation_config.json", "config.json"] {
+        let path = dir.join(f);
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::format(&path, format!("invalid JSON: {e}")))?;
+        if stops.is_empty() {
+            stops = ids_of(v.get("eos_token_id"));
+        }
+        if pad.is_none() {
+            pad = ids_of(v.get("pad_token_id")).first().copied();
+        }
+    }
+    if stops.is_empty() {
+        if let Some(id) = p.tokenizer.token_id("<end_of_utterance>") {
+            stops.push(id);
+        }
+    }
+    let vocab = p.tokenizer.vocab_size() as u32;
+    if let Some(bad) = stops.iter().find(|&&t| t >= vocab.max(1)) {
+        return Err(Error::format(
+            dir.join("generation_config.json"),
+            format!("eos_token_id {bad} is outside the tokenizer vocabulary"),
+        ));
+    }
+    let pad = pad.or_else(|| stops.first().copied()).unwrap_or(0);
+    Ok((stops, pad))
+}
+
+fn ids_of(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64().map(|x| x as u32))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
