@@ -11,4 +11,4 @@ pub mod session;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
-pub use session::{Caption, CaptionOptions, LoadOptions, Model};
+pub use session::{Caption, CaptionNll, CaptionOptions, LoadOptions, Model, Timings};

@@ -90,6 +90,17 @@ pub struct Caption {
     pub timings: Timings,
 }
 
+/// Caption log-likelihood: negative log-probabilities summed and averaged over its tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CaptionNll {
+    /// Sum of -log p over the caption tokens and the stop token.
+    pub total: f64,
+    /// `total / tokens`.
+    pub mean: f64,
+    /// Scored tokens (stop token included).
+    pub tokens: usize,
+}
+
 /// Wall-clock seconds per stage of one `caption` call.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Timings {
@@ -215,6 +226,38 @@ impl Model {
         let pos = Tensor::arange(0u32, l as u32, dev)?.unsqueeze(0)?;
         let logits = self.net.text.forward(&emb, &pos, None, &mut cache, which)?;
         Ok(logits.squeeze(0)?.to_dtype(DType::F32)?)
+    }
+
+    /// Negative log-likelihood of `caption` (then the stop token) as the answer to the prompt
+    /// built from `images` and `opts` — for reranking and scoring captions.
+    pub fn caption_nll(
+        &self,
+        images: &[&SourceImage],
+        opts: &CaptionOptions,
+        caption: &str,
+    ) -> Result<CaptionNll> {
+        let mut p = self.prepare(images, opts)?;
+        let prompt_len = p.input_ids.len();
+        let mut target = self.processor.tokenizer.encode_plain(caption)?;
+        if let Some(&eos) = self.stop_tokens.first() {
+            target.push(eos);
+        }
+        if target.is_empty() {
+            return Err(Error::InvalidArgument("empty caption".into()));
+        }
+        p.input_ids.extend_from_slice(&target);
+        let logits = self.prompt_logits(&p, Logits::All, opts.vision_chunk)?;
+        // Position i predicts token i+1: the caption's tokens are predicted from prompt_len-1 on.
+        let pred = logits.narrow(0, prompt_len - 1, target.len())?;
+        let logp = candle_nn::ops::log_softmax(&pred, candle_core::D::Minus1)?;
+        let idx = Tensor::new(target.as_slice(), logits.device())?.unsqueeze(1)?;
+        let picked: Vec<f32> = logp.gather(&idx, 1)?.squeeze(1)?.to_vec1()?;
+        let total: f64 = picked.iter().map(|&v| -(v as f64)).sum();
+        Ok(CaptionNll {
+            total,
+            mean: total / target.len() as f64,
+            tokens: target.len(),
+        })
     }
 
     /// Captions each entry of `inputs` (the images of one prompt), batched with left padding.

@@ -27,6 +27,15 @@ impl TextTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Encodes `text` without adding any special tokens (for text appended to a prompt).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::InvalidArgument(format!("tokenizer: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     /// Decodes ids, dropping special tokens when `skip_special` (as `skip_special_tokens=True`).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.inner

@@ -33,6 +33,29 @@ enum Cmd {
     Caption(CaptionArgs),
     /// Show what the processor and the model did with an image (for debugging preprocessing).
     Inspect(InspectArgs),
+    /// Time each captioning stage (optionally beside tools/reference/bench_torch.py's JSON).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Image to caption.
+    #[arg(long)]
+    image: String,
+    /// Tokens generated (stop tokens suppressed so every run generates exactly this many).
+    #[arg(long, default_value_t = 32)]
+    new_tokens: usize,
+    /// Repetitions per stage (the best is reported).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// JSON written by tools/reference/bench_torch.py on the same model and image.
+    #[arg(long)]
+    torch_json: Option<PathBuf>,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -139,6 +162,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Caption(a) => caption(a),
         Cmd::Inspect(a) => inspect(a),
+        Cmd::Bench(a) => bench(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -331,5 +355,160 @@ fn inspect(a: InspectArgs) -> AnyResult<()> {
     });
     let _ = a.json;
     println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`).
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn best_of<T>(n: usize, mut f: impl FnMut() -> AnyResult<T>) -> AnyResult<(f64, T)> {
+    let mut best = f64::INFINITY;
+    let mut out = None;
+    for _ in 0..n.max(1) {
+        let t = std::time::Instant::now();
+        let r = f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+        out = Some(r);
+    }
+    let out = out.ok_or("no run")?;
+    Ok((best, out))
+}
+
+/// Streaming rate of a large f32 matrix-vector product (what decode is bound by), in GB/s.
+fn matvec_bandwidth_gbs() -> AnyResult<f64> {
+    use candle_core::{Device, Tensor};
+    let (rows, cols) = (16_384usize, 4_096usize);
+    let m = Tensor::ones((rows, cols), candle_core::DType::F32, &Device::Cpu)?;
+    let v = Tensor::ones((1, cols), candle_core::DType::F32, &Device::Cpu)?;
+    let (t, _) = best_of(5, || Ok(v.matmul(&m.t()?)?))?;
+    Ok((rows * cols * 4) as f64 / t / 1e9)
+}
+
+fn bench(a: BenchArgs) -> AnyResult<()> {
+    let t = std::time::Instant::now();
+    let model = load_model(&a.model)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let lim = DecodeLimits::default();
+    let bytes = std::fs::read(&a.image).map_err(|e| format!("{}: {e}", a.image))?;
+    let mut opts = CaptionOptions::default();
+    opts.params = GenerateParams {
+        max_new_tokens: a.new_tokens,
+        min_new_tokens: a.new_tokens,
+        ..Default::default()
+    };
+    let (pre_s, (img, prep)) = best_of(a.repeat.max(3), || {
+        let img = SourceImage::decode(&bytes, &lim)?;
+        let p = model.prepare(&[&img], &opts)?;
+        Ok((img, p))
+    })?;
+    let (vis_s, feats) = best_of(a.repeat, || {
+        Ok(model.image_features(&[&prep], opts.vision_chunk)?)
+    })?;
+    let net = model.network();
+    let dev = net.device();
+    let ids = candle_core::Tensor::new(prep.input_ids.as_slice(), dev)?.unsqueeze(0)?;
+    let emb = net.embed_with_images(&ids, feats[0].as_ref())?;
+    let l = prep.input_ids.len();
+    let (pf_s, _) = best_of(a.repeat, || {
+        let mut cache =
+            smolcap::model::text::KvCache::new(&net.config().text, 1, l, net.dtype(), dev)?;
+        let pos = candle_core::Tensor::arange(0u32, l as u32, dev)?.unsqueeze(0)?;
+        Ok(net
+            .text
+            .forward(&emb, &pos, None, &mut cache, Logits::Last)?)
+    })?;
+    let cancel = AtomicBool::new(false);
+    let (e2e_s, caps) = best_of(a.repeat, || {
+        let img = SourceImage::decode(&bytes, &lim)?;
+        Ok(model.caption(&[vec![&img]], &opts, &cancel, &mut |_, _| {
+            ControlFlow::Continue(())
+        })?)
+    })?;
+    drop(img);
+    let tm = caps.first().map(|c| c.timings).unwrap_or_default();
+    let decode_ms = tm.decode_s / tm.decode_steps.max(1) as f64 * 1000.0;
+    let tc = &net.config().text;
+    let per_layer =
+        tc.hidden_size * tc.head_dim * (2 * tc.num_attention_heads + 2 * tc.num_key_value_heads)
+            + 3 * tc.hidden_size * tc.intermediate_size;
+    let text_weight_bytes = (per_layer * tc.num_hidden_layers + tc.vocab_size * tc.hidden_size)
+        as f64
+        * net.dtype().size_in_bytes() as f64;
+    let bw = matvec_bandwidth_gbs()?;
+    let floor_ms = text_weight_bytes / (bw * 1e9) * 1000.0;
+    let ours = json!({
+        "impl": "smolcap",
+        "load_s": load_s,
+        "tiles": prep.num_tiles,
+        "prompt_tokens": l,
+        "new_tokens": caps.first().map_or(0, |c| c.token_ids.len()),
+        "preprocess_s": pre_s,
+        "vision_s": vis_s,
+        "prefill_s": pf_s,
+        "decode_ms_per_token": decode_ms,
+        "end_to_end_s": e2e_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "matvec_gb_per_s": bw,
+        "decode_floor_ms_per_token": floor_ms,
+    });
+    let torch: Option<serde_json::Value> = match &a.torch_json {
+        Some(p) => Some(serde_json::from_str(
+            &std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        )?),
+        None => None,
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"smolcap": ours, "torch": torch}))?
+        );
+        return Ok(());
+    }
+    println!(
+        "model {} | {} tiles, {} prompt tokens, {} new tokens | {} threads",
+        a.model.model,
+        prep.num_tiles,
+        l,
+        ours["new_tokens"],
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "{:<26} {:>12} {:>12} {:>10}",
+        "stage", "smolcap", "pytorch", "ratio"
+    );
+    let rows = [
+        ("preprocess (s)", "preprocess_s"),
+        ("vision+connector (s)", "vision_s"),
+        ("prefill (s)", "prefill_s"),
+        ("decode (ms/token)", "decode_ms_per_token"),
+        ("end-to-end caption (s)", "end_to_end_s"),
+        ("peak RSS (MiB)", "peak_rss_mb"),
+    ];
+    for (label, key) in rows {
+        let o = ours[key].as_f64().unwrap_or(f64::NAN);
+        match torch.as_ref().and_then(|t| t[key].as_f64()) {
+            Some(p) => println!("{label:<26} {o:>12.3} {p:>12.3} {:>9.2}x", p / o),
+            None => println!("{label:<26} {o:>12.3} {:>12} {:>10}", "-", "-"),
+        }
+    }
+    println!(
+        "decode floor: {:.1} MB of text weights / {:.1} GB/s = {:.1} ms/token; decode is {:.2}x the floor",
+        text_weight_bytes / 1e6,
+        bw,
+        floor_ms,
+        decode_ms / floor_ms
+    );
+    println!("(ratio = pytorch / smolcap: above 1 means smolcap is faster or smaller)");
     Ok(())
 }
