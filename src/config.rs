@@ -159,8 +159,10 @@ impl ModelConfig {
         let vp = "vision_config";
         let vision = VisionConfig {
             hidden_size: r.usize_req(vc, vp, "hidden_size")?,
-            intermediate_size: r.usize_req(vc, vp, "intermediate_size")?,
-            num_hidden_layers: r.usize_req(vc, vp, "num_hidden_layers")?,
+            // Hub configs omit fields equal to Idefics3VisionConfig's defaults (SmolVLM-256M has
+            // no vision num_hidden_layers), so those two default as transformers does.
+            intermediate_size: r.usize_or(vc, vp, "intermediate_size", 3072)?,
+            num_hidden_layers: r.usize_or(vc, vp, "num_hidden_layers", 12)?,
             num_attention_heads: r.usize_req(vc, vp, "num_attention_heads")?,
             num_channels: r.usize_or(vc, vp, "num_channels", 3)?,
             image_size: r.usize_req(vc, vp, "image_size")?,
@@ -454,5 +456,82 @@ impl Reader {
             }
         }
         Ok((theta, factor))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape of SmolVLM-256M-Instruct's hub config.json (vision fields equal to the
+    /// defaults are absent there).
+    fn hub_256m() -> Value {
+        serde_json::json!({
+            "architectures": ["Idefics3ForConditionalGeneration"],
+            "image_token_id": 49190,
+            "model_type": "idefics3",
+            "scale_factor": 4,
+            "text_config": {
+                "hidden_size": 576, "intermediate_size": 1536, "max_position_embeddings": 8192,
+                "model_type": "llama", "num_attention_heads": 9, "num_hidden_layers": 30,
+                "num_key_value_heads": 3, "rms_norm_eps": 1e-5, "rope_theta": 100000,
+                "tie_word_embeddings": false, "vocab_size": 49280, "head_dim": 64
+            },
+            "tie_word_embeddings": false,
+            "vision_config": {
+                "hidden_size": 768, "image_size": 512, "max_image_size": {"longest_edge": 512},
+                "model_type": "idefics3_vision", "num_attention_heads": 12, "patch_size": 16
+            },
+            "vocab_size": 49280
+        })
+    }
+
+    #[test]
+    fn hub_layout_with_default_vision_fields() {
+        let c = ModelConfig::from_json(
+            &hub_256m(),
+            Path::new("config.json"),
+            &ConfigLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(c.vision.num_hidden_layers, 12);
+        assert_eq!(c.vision.intermediate_size, 3072);
+        assert_eq!(c.image_seq_len(), 64);
+        assert_eq!(c.text.head_dim, 64);
+        assert_eq!(c.text.rope_theta, 100000.0);
+    }
+
+    #[test]
+    fn transformers5_rope_parameters_layout() {
+        let mut v = hub_256m();
+        let t = v["text_config"].as_object_mut().unwrap();
+        t.remove("rope_theta");
+        t.insert(
+            "rope_parameters".into(),
+            serde_json::json!({"rope_theta": 273768.0, "rope_type": "default"}),
+        );
+        let c =
+            ModelConfig::from_json(&v, Path::new("config.json"), &ConfigLimits::default()).unwrap();
+        assert_eq!(c.text.rope_theta, 273768.0);
+        v["text_config"]["rope_parameters"] =
+            serde_json::json!({"rope_type": "yarn", "factor": 2.0});
+        assert!(matches!(
+            ModelConfig::from_json(&v, Path::new("config.json"), &ConfigLimits::default()),
+            Err(Error::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn inconsistent_heads_are_rejected() {
+        let mut v = hub_256m();
+        v["text_config"]["num_key_value_heads"] = serde_json::json!(4);
+        let e = ModelConfig::from_json(&v, Path::new("config.json"), &ConfigLimits::default())
+            .unwrap_err();
+        assert!(e.to_string().contains("num_key_value_heads"), "{e}");
+        let mut v = hub_256m();
+        v["image_token_id"] = serde_json::json!(60000);
+        assert!(
+            ModelConfig::from_json(&v, Path::new("config.json"), &ConfigLimits::default()).is_err()
+        );
     }
 }

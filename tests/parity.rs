@@ -80,7 +80,11 @@ fn check_processor_and_logits(model_name: &str) {
         assert_eq!(p.num_tiles, pshape[1], "{model_name}/{name}: tiles");
         let px_err = max_abs_diff(&p.pixel_values, pv);
         // PIL's libjpeg-turbo and the image crate's decoder differ by a few levels on some pixels.
-        let px_tol = if name.ends_with("_jpg") { 0.1 } else { 1e-5 };
+        let px_tol = if name.ends_with("_jpg") {
+            5.0 * 2.0 / 255.0
+        } else {
+            1e-5
+        };
         assert!(
             px_err <= px_tol,
             "{model_name}/{name}: pixel_values max err {px_err}"
@@ -95,13 +99,18 @@ fn check_processor_and_logits(model_name: &str) {
             .to_vec1()
             .unwrap();
         let l_err = max_abs_diff(&logits, &t["logits_last"].1);
-        let tol = if name.ends_with("_jpg") { 2e-2 } else { 1e-4 };
+        // JPEG: a few decoder levels propagate to ~0.2% of the logit range; stated tolerance 0.5.
+        let (f_tol, l_tol) = if name.ends_with("_jpg") {
+            (0.1, 0.5)
+        } else {
+            (1e-4, 1e-4)
+        };
         assert!(
-            f_err <= tol,
+            f_err <= f_tol,
             "{model_name}/{name}: image_features max err {f_err}"
         );
         assert!(
-            l_err <= tol,
+            l_err <= l_tol,
             "{model_name}/{name}: logits_last max err {l_err}"
         );
         if !name.ends_with("_jpg") {
