@@ -251,3 +251,45 @@ fn caption_nll_prefers_the_models_own_caption() {
     assert!(own.mean.is_finite() && other.mean.is_finite());
     assert!(own.mean < other.mean, "own {own:?} vs other {other:?}");
 }
+
+#[test]
+fn raw_rgb_and_rgba_buffers_with_stride_equal_the_decoded_image() {
+    let model = Model::load_dir(&fixture("tiny-idefics3"), &LoadOptions::default()).unwrap();
+    let img = photo();
+    assert_eq!(img.channels(), 3);
+    let (w, h) = (img.width(), img.height());
+    let opts = CaptionOptions::default();
+    let want = model.prepare(&[&img], &opts).unwrap();
+    let limits = DecodeLimits::default();
+    use smolcap::processor::image::RawLayout;
+    for (layout, bpp) in [(RawLayout::Rgb8, 3usize), (RawLayout::Rgba8, 4usize)] {
+        let stride = w * bpp + 13;
+        let mut buf = vec![0u8; stride * h];
+        for y in 0..h {
+            for x in 0..w {
+                let src = &img.data()[(y * w + x) * 3..(y * w + x) * 3 + 3];
+                let dst = &mut buf[y * stride + x * bpp..y * stride + x * bpp + 3];
+                dst.copy_from_slice(src);
+                if bpp == 4 {
+                    buf[y * stride + x * bpp + 3] = 255;
+                }
+            }
+        }
+        let raw = SourceImage::from_raw(&buf, w as u32, h as u32, stride, layout, &limits).unwrap();
+        let got = model.prepare(&[&raw], &opts).unwrap();
+        assert_eq!(got.pixel_values, want.pixel_values, "{layout:?}");
+        // Too short a buffer and too small a stride are rejected.
+        assert!(SourceImage::from_raw(
+            &buf[..buf.len() - 20],
+            w as u32,
+            h as u32,
+            stride,
+            layout,
+            &limits
+        )
+        .is_err());
+        assert!(
+            SourceImage::from_raw(&buf, w as u32, h as u32, w * bpp - 1, layout, &limits).is_err()
+        );
+    }
+}
