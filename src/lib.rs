@@ -3,12 +3,17 @@
 pub mod config;
 pub mod device;
 pub mod error;
+#[allow(non_camel_case_types)]
+pub mod ffi;
 pub mod generate;
 pub mod hub;
+pub mod lora;
 pub mod model;
 pub mod processor;
 pub mod session;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
-pub use session::{Caption, CaptionNll, CaptionOptions, LoadOptions, Model, Timings};
+pub use session::{
+    ActiveAdapter, Caption, CaptionNll, CaptionOptions, LoadOptions, Model, Timings,
+};

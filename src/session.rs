@@ -3,6 +3,7 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -11,6 +12,8 @@ use serde_json::Value;
 use crate::config::{ConfigLimits, ModelConfig};
 use crate::error::{Error, Result};
 use crate::generate::{self, GenerateParams, StepModel};
+use crate::lora::peft::Adapter;
+use crate::lora::LoraSet;
 use crate::model::text::{KvCache, Logits};
 use crate::model::weights::Weights;
 use crate::model::Idefics3;
@@ -60,6 +63,17 @@ pub struct CaptionOptions {
     pub max_prompt_tokens: usize,
     /// Most tiles encoded by the vision tower at once (bounds attention memory).
     pub vision_chunk: usize,
+    /// LoRA adapters applied (unmerged) for this call, each with its multiplier.
+    pub adapters: Vec<ActiveAdapter>,
+}
+
+/// A loaded adapter and the multiplier it is applied with (1.0 = as trained).
+#[derive(Debug, Clone)]
+pub struct ActiveAdapter {
+    /// The adapter (shared, immutable).
+    pub adapter: Arc<Adapter>,
+    /// Multiplier of its update.
+    pub weight: f32,
 }
 
 impl Default for CaptionOptions {
@@ -71,6 +85,7 @@ impl Default for CaptionOptions {
             longest_edge: None,
             max_prompt_tokens: 16_384,
             vision_chunk: 4,
+            adapters: Vec::new(),
         }
     }
 }
@@ -194,6 +209,37 @@ impl Model {
 
     /// Vision tower + connector over all tiles of `preps`, in chunks; one tensor per prompt.
     pub fn image_features(&self, preps: &[&Prepared], chunk: usize) -> Result<Vec<Option<Tensor>>> {
+        self.image_features_lora(preps, chunk, &LoraSet::empty())
+    }
+
+    /// Loads a PEFT adapter directory for this model.
+    pub fn load_adapter(&self, dir: &Path) -> Result<Adapter> {
+        Adapter::load(dir, &self.net)
+    }
+
+    /// The LoRA updates of `adapters`, in the compute dtype.
+    pub fn lora_set(&self, adapters: &[ActiveAdapter]) -> Result<LoraSet> {
+        let mut set = LoraSet::empty();
+        for a in adapters {
+            if !a.weight.is_finite() {
+                return Err(Error::InvalidArgument(format!(
+                    "adapter weight {} is not finite",
+                    a.weight
+                )));
+            }
+            a.adapter
+                .add_to(&mut set, a.weight as f64, self.net.dtype())?;
+        }
+        Ok(set)
+    }
+
+    /// `image_features` with LoRA updates applied.
+    pub fn image_features_lora(
+        &self,
+        preps: &[&Prepared],
+        chunk: usize,
+        lora: &LoraSet,
+    ) -> Result<Vec<Option<Tensor>>> {
         let dev = self.net.device();
         let mut out = Vec::with_capacity(preps.len());
         for p in preps {
@@ -207,7 +253,7 @@ impl Model {
             let mut start = 0;
             while start < p.num_tiles {
                 let n = chunk.max(1).min(p.num_tiles - start);
-                parts.push(self.net.image_features(&all.narrow(0, start, n)?)?);
+                parts.push(self.net.image_features(&all.narrow(0, start, n)?, lora)?);
                 start += n;
             }
             out.push(Some(Tensor::cat(&parts, 0)?));
@@ -217,14 +263,28 @@ impl Model {
 
     /// Logits of a single prepared prompt: the last position or all positions.
     pub fn prompt_logits(&self, p: &Prepared, which: Logits, chunk: usize) -> Result<Tensor> {
-        let feats = self.image_features(&[p], chunk)?;
+        self.prompt_logits_lora(p, which, chunk, &LoraSet::empty())
+    }
+
+    /// `prompt_logits` with LoRA updates applied.
+    pub fn prompt_logits_lora(
+        &self,
+        p: &Prepared,
+        which: Logits,
+        chunk: usize,
+        lora: &LoraSet,
+    ) -> Result<Tensor> {
+        let feats = self.image_features_lora(&[p], chunk, lora)?;
         let dev = self.net.device();
         let ids = Tensor::new(p.input_ids.as_slice(), dev)?.unsqueeze(0)?;
         let emb = self.net.embed_with_images(&ids, feats[0].as_ref())?;
         let l = p.input_ids.len();
         let mut cache = KvCache::new(&self.net.config().text, 1, l, self.net.dtype(), dev)?;
         let pos = Tensor::arange(0u32, l as u32, dev)?.unsqueeze(0)?;
-        let logits = self.net.text.forward(&emb, &pos, None, &mut cache, which)?;
+        let logits = self
+            .net
+            .text
+            .forward(&emb, &pos, None, &mut cache, which, lora)?;
         Ok(logits.squeeze(0)?.to_dtype(DType::F32)?)
     }
 
@@ -246,7 +306,8 @@ impl Model {
             return Err(Error::InvalidArgument("empty caption".into()));
         }
         p.input_ids.extend_from_slice(&target);
-        let logits = self.prompt_logits(&p, Logits::All, opts.vision_chunk)?;
+        let lora = self.lora_set(&opts.adapters)?;
+        let logits = self.prompt_logits_lora(&p, Logits::All, opts.vision_chunk, &lora)?;
         // Position i predicts token i+1: the caption's tokens are predicted from prompt_len-1 on.
         let pred = logits.narrow(0, prompt_len - 1, target.len())?;
         let logp = candle_nn::ops::log_softmax(&pred, candle_core::D::Minus1)?;
@@ -281,8 +342,9 @@ impl Model {
             .map(|imgs| self.prepare(imgs, opts))
             .collect::<Result<_>>()?;
         let refs: Vec<&Prepared> = preps.iter().collect();
+        let lora = self.lora_set(&opts.adapters)?;
         let t1 = Instant::now();
-        let feats = self.image_features(&refs, opts.vision_chunk)?;
+        let feats = self.image_features_lora(&refs, opts.vision_chunk, &lora)?;
         let t2 = Instant::now();
         if cancel.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Error::Cancelled);
@@ -322,6 +384,7 @@ impl Model {
         let capacity = lmax + opts.params.max_new_tokens;
         let mut state = BatchState {
             model: self,
+            lora: &lora,
             cache: KvCache::new(&self.net.config().text, b, capacity, self.net.dtype(), dev)?,
             key_mask,
             next_pos,
@@ -335,10 +398,14 @@ impl Model {
             } else {
                 None
             };
-            let logits =
-                self.net
-                    .text
-                    .forward(&emb, &pos_t, m.as_ref(), &mut state.cache, Logits::Last)?;
+            let logits = self.net.text.forward(
+                &emb,
+                &pos_t,
+                m.as_ref(),
+                &mut state.cache,
+                Logits::Last,
+                &lora,
+            )?;
             logits.to_dtype(DType::F32)?.to_vec2::<f32>()?
         };
         let t3 = Instant::now();
@@ -395,6 +462,7 @@ impl Model {
 /// Decoding state of one batch: cache, per-row key masks and next positions.
 struct BatchState<'a> {
     model: &'a Model,
+    lora: &'a LoraSet,
     cache: KvCache,
     key_mask: Vec<Vec<u8>>,
     next_pos: Vec<u32>,
@@ -420,9 +488,14 @@ impl StepModel for BatchState<'_> {
         } else {
             None
         };
-        let logits = net
-            .text
-            .forward(&emb, &pos, mask.as_ref(), &mut self.cache, Logits::Last)?;
+        let logits = net.text.forward(
+            &emb,
+            &pos,
+            mask.as_ref(),
+            &mut self.cache,
+            Logits::Last,
+            self.lora,
+        )?;
         for p in &mut self.next_pos {
             *p += 1;
         }

@@ -424,9 +424,10 @@ fn bench(a: BenchArgs) -> AnyResult<()> {
         let mut cache =
             smolcap::model::text::KvCache::new(&net.config().text, 1, l, net.dtype(), dev)?;
         let pos = candle_core::Tensor::arange(0u32, l as u32, dev)?.unsqueeze(0)?;
+        let none = smolcap::lora::LoraSet::empty();
         Ok(net
             .text
-            .forward(&emb, &pos, None, &mut cache, Logits::Last)?)
+            .forward(&emb, &pos, None, &mut cache, Logits::Last, &none)?)
     })?;
     let cancel = AtomicBool::new(false);
     let (e2e_s, caps) = best_of(a.repeat, || {

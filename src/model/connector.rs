@@ -3,6 +3,7 @@
 use candle_core::Tensor;
 
 use crate::error::Result;
+use crate::lora::LoraSet;
 use crate::model::linear::Linear;
 use crate::model::weights::Weights;
 
@@ -33,9 +34,9 @@ impl Connector {
     }
 
     /// Maps `[n, seq, d]` vision states to `[n, seq/scale², text_hidden]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, lora: &LoraSet) -> Result<Tensor> {
         let x = pixel_shuffle(x, self.scale)?;
-        self.proj.forward(&x)
+        self.proj.forward(&x, lora)
     }
 }
 

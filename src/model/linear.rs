@@ -3,6 +3,7 @@
 use candle_core::Tensor;
 
 use crate::error::Result;
+use crate::lora::{self, LoraSet};
 use crate::model::weights::Weights;
 
 /// A frozen linear layer loaded from the checkpoint.
@@ -43,16 +44,24 @@ impl Linear {
         self.weight.dims()[0]
     }
 
-    /// Applies the layer to `x` of shape `[..., in]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// Applies the layer (plus any LoRA update for it in `lora`) to `x` of shape `[..., in]`.
+    pub fn forward(&self, x: &Tensor, lora: &LoraSet) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
+        let (weight, bias) = match lora.replacement(&self.name) {
+            Some((w, b)) => (w, b.as_ref()),
+            None => (&self.weight, self.bias.as_ref()),
+        };
         // A 2-D matmul against the transposed weight avoids a broadcasted batch matmul.
         let x2 = x.reshape((rows, in_dim))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
-        if let Some(b) = &self.bias {
+        let mut y = x2.matmul(&weight.t()?)?;
+        if let Some(b) = bias {
             y = y.broadcast_add(b)?;
+        }
+        let pairs = lora.pairs(&self.name);
+        if !pairs.is_empty() {
+            y = lora::apply(&x2, y, pairs)?;
         }
         let mut out_dims = dims;
         let last = out_dims.len() - 1;

@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::lora::LoraSet;
 use connector::Connector;
 use text::TextModel;
 use vision::VisionModel;
@@ -66,6 +67,14 @@ impl Idefics3 {
         &self.cfg
     }
 
+    /// Every linear layer (vision, connector, text), by checkpoint module name.
+    pub fn linears(&self) -> Vec<&linear::Linear> {
+        let mut v = self.vision.linears();
+        v.push(&self.connector.proj);
+        v.extend(self.text.linears());
+        v
+    }
+
     /// Compute dtype.
     pub fn dtype(&self) -> DType {
         self.dtype
@@ -77,9 +86,9 @@ impl Idefics3 {
     }
 
     /// Vision tower + connector: `[n, 3, S, S]` tiles → `[n, image_seq_len, text_hidden]`.
-    pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let v = self.vision.forward(pixel_values)?;
-        self.connector.forward(&v)
+    pub fn image_features(&self, pixel_values: &Tensor, lora: &LoraSet) -> Result<Tensor> {
+        let v = self.vision.forward(pixel_values, lora)?;
+        self.connector.forward(&v, lora)
     }
 
     /// Text embeddings of `ids` `[b, L]` with every image-token position replaced, in order, by

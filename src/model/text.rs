@@ -4,6 +4,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
+use crate::lora::LoraSet;
 use crate::model::linear::{Linear, RmsNorm};
 use crate::model::vision::{activate, softmax_f32};
 use crate::model::weights::Weights;
@@ -193,6 +194,17 @@ impl TextModel {
         })
     }
 
+    /// Every linear layer of the decoder, output head included.
+    pub fn linears(&self) -> Vec<&Linear> {
+        let mut v = Vec::with_capacity(self.layers.len() * 7 + 1);
+        for l in &self.layers {
+            v.extend([&l.attn.q, &l.attn.k, &l.attn.v, &l.attn.o]);
+            v.extend([&l.mlp.gate, &l.mlp.up, &l.mlp.down]);
+        }
+        v.push(&self.lm_head);
+        v
+    }
+
     /// The text configuration.
     pub fn config(&self) -> &TextConfig {
         &self.cfg
@@ -227,6 +239,7 @@ impl TextModel {
         key_mask: Option<&Tensor>,
         cache: &mut KvCache,
         logits: Logits,
+        lora: &LoraSet,
     ) -> Result<Tensor> {
         let (b, l, _) = embeds.dims3()?;
         let past = cache.len;
@@ -259,12 +272,12 @@ impl TextModel {
         let mut h = embeds.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             let x = layer.input_ln.forward(&h)?;
-            let x = self.attention(layer, &x, &cos, &sin, mask.as_ref(), cache, i)?;
+            let x = self.attention(layer, &x, &cos, &sin, mask.as_ref(), cache, i, lora)?;
             let h1 = (h + x)?;
             let x = layer.post_ln.forward(&h1)?;
-            let g = activate(&layer.mlp.gate.forward(&x)?, self.cfg.hidden_act)?;
-            let u = layer.mlp.up.forward(&x)?;
-            let x = layer.mlp.down.forward(&(g * u)?)?;
+            let g = activate(&layer.mlp.gate.forward(&x, lora)?, self.cfg.hidden_act)?;
+            let u = layer.mlp.up.forward(&x, lora)?;
+            let x = layer.mlp.down.forward(&(g * u)?, lora)?;
             h = (h1 + x)?;
         }
         cache.len = total;
@@ -273,7 +286,7 @@ impl TextModel {
             Logits::All => h,
         };
         let h = self.norm.forward(&h)?;
-        let out = self.lm_head.forward(&h)?;
+        let out = self.lm_head.forward(&h, lora)?;
         Ok(match logits {
             Logits::Last => out.squeeze(1)?,
             Logits::All => out,
@@ -333,6 +346,7 @@ impl TextModel {
         mask: Option<&Tensor>,
         cache: &mut KvCache,
         li: usize,
+        lora: &LoraSet,
     ) -> Result<Tensor> {
         let c = &self.cfg;
         let (b, l, _) = x.dims3()?;
@@ -341,21 +355,21 @@ impl TextModel {
         let q = layer
             .attn
             .q
-            .forward(x)?
+            .forward(x, lora)?
             .reshape((b, l, nh, hd))?
             .transpose(1, 2)?
             .contiguous()?;
         let k = layer
             .attn
             .k
-            .forward(x)?
+            .forward(x, lora)?
             .reshape((b, l, kvh, hd))?
             .transpose(1, 2)?
             .contiguous()?;
         let v = layer
             .attn
             .v
-            .forward(x)?
+            .forward(x, lora)?
             .reshape((b, l, kvh, hd))?
             .transpose(1, 2)?
             .contiguous()?;
@@ -387,7 +401,7 @@ impl TextModel {
             .reshape((b, nh, l, hd))?
             .transpose(1, 2)?
             .reshape((b, l, nh * hd))?;
-        layer.attn.o.forward(&o)
+        layer.attn.o.forward(&o, lora)
     }
 }
 

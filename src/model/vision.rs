@@ -4,6 +4,7 @@ use candle_core::{DType, Tensor};
 
 use crate::config::{Activation, VisionConfig};
 use crate::error::{Error, Result};
+use crate::lora::LoraSet;
 use crate::model::linear::{LayerNorm, Linear};
 use crate::model::weights::Weights;
 
@@ -107,8 +108,24 @@ impl VisionModel {
         })
     }
 
+    /// Every linear layer of the tower.
+    pub fn linears(&self) -> Vec<&Linear> {
+        let mut v = Vec::with_capacity(self.layers.len() * 6);
+        for l in &self.layers {
+            v.extend([
+                &l.attn.q,
+                &l.attn.k,
+                &l.attn.v,
+                &l.attn.out,
+                &l.mlp.fc1,
+                &l.mlp.fc2,
+            ]);
+        }
+        v
+    }
+
     /// Encodes `[n, 3, S, S]` full tiles into `[n, patches, hidden]` (after the final LayerNorm).
-    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, pixel_values: &Tensor, lora: &LoraSet) -> Result<Tensor> {
         let (n, c, hgt, wid) = pixel_values.dims4()?;
         let s = self.cfg.image_size;
         if c != self.cfg.num_channels || hgt != s || wid != s {
@@ -137,12 +154,12 @@ impl VisionModel {
         for layer in &self.layers {
             let r = h.clone();
             let x = layer.ln1.forward(&h)?;
-            let x = layer.attn.forward(&x)?;
+            let x = layer.attn.forward(&x, lora)?;
             let h1 = (r + x)?;
             let x = layer.ln2.forward(&h1)?;
-            let x = layer.mlp.fc1.forward(&x)?;
+            let x = layer.mlp.fc1.forward(&x, lora)?;
             let x = activate(&x, layer.mlp.act)?;
-            let x = layer.mlp.fc2.forward(&x)?;
+            let x = layer.mlp.fc2.forward(&x, lora)?;
             h = (h1 + x)?;
         }
         self.post_ln.forward(&h)
@@ -150,16 +167,16 @@ impl VisionModel {
 }
 
 impl Attention {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, lora: &LoraSet) -> Result<Tensor> {
         let (n, l, _) = x.dims3()?;
         let split = |t: Tensor| -> Result<Tensor> {
             Ok(t.reshape((n, l, self.heads, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = split(self.q.forward(x)?)?;
-        let k = split(self.k.forward(x)?)?;
-        let v = split(self.v.forward(x)?)?;
+        let q = split(self.q.forward(x, lora)?)?;
+        let k = split(self.k.forward(x, lora)?)?;
+        let v = split(self.v.forward(x, lora)?)?;
         let scale = (self.head_dim as f64).powf(-0.5);
         let scores = (q.matmul(&k.t()?)? * scale)?;
         let probs = softmax_f32(&scores)?;
@@ -167,7 +184,7 @@ impl Attention {
         let o = o
             .transpose(1, 2)?
             .reshape((n, l, self.heads * self.head_dim))?;
-        self.out.forward(&o)
+        self.out.forward(&o, lora)
     }
 }
 
