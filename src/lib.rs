@@ -8,6 +8,7 @@ pub mod ffi;
 pub mod generate;
 pub mod hub;
 pub mod lora;
+pub mod merge;
 pub mod model;
 pub mod processor;
 pub mod session;

@@ -33,8 +33,32 @@ enum Cmd {
     Caption(CaptionArgs),
     /// Show what the processor and the model did with an image (for debugging preprocessing).
     Inspect(InspectArgs),
+    /// Merge LoRA adapters into the base weights and write a complete model directory.
+    Merge(MergeArgs),
     /// Time each captioning stage (optionally beside tools/reference/bench_torch.py's JSON).
     Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// Base model directory or hub repo id.
+    #[arg(long, alias = "base_model_id", alias = "base-model-id", alias = "model", default_value = DEFAULT_MODEL)]
+    base_model: String,
+    /// Hub revision of the base model.
+    #[arg(long)]
+    revision: Option<String>,
+    /// PEFT adapter directory, optionally `DIR:SCALE`; repeat to merge several.
+    #[arg(long = "adapter-dir", alias = "adapter_dir", alias = "adapter", required = true)]
+    adapter_dir: Vec<String>,
+    /// Output directory.
+    #[arg(long = "save-dir", alias = "save_dir", alias = "output-dir")]
+    save_dir: PathBuf,
+    /// Largest safetensors shard in bytes (larger checkpoints are sharded with an index).
+    #[arg(long, default_value_t = 5 * 1024 * 1024 * 1024)]
+    max_shard_bytes: u64,
+    /// Replace an existing output directory.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Args)]
@@ -138,6 +162,9 @@ struct CaptionArgs {
     /// Images captioned together in one batch.
     #[arg(long, alias = "batch_size", default_value_t = 1)]
     batch_size: usize,
+    /// PEFT LoRA adapter directory, optionally `DIR:SCALE`; repeat to apply several at once.
+    #[arg(long, alias = "adapter_dir", alias = "adapter-dir")]
+    adapter: Vec<String>,
     /// Print {"captions":[...]} as JSON.
     #[arg(long)]
     json: bool,
@@ -163,6 +190,7 @@ fn main() -> ExitCode {
         Cmd::Caption(a) => caption(a),
         Cmd::Inspect(a) => inspect(a),
         Cmd::Bench(a) => bench(a),
+        Cmd::Merge(a) => merge(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -289,6 +317,14 @@ fn caption(a: CaptionArgs) -> AnyResult<()> {
         .map(|s| read_image(s, &lim))
         .collect::<AnyResult<_>>()?;
     let model = load_model(&a.model)?;
+    for spec in &a.adapter {
+        let (dir, weight) = adapter_spec(spec)?;
+        let adapter = model.load_adapter(&dir).map_err(|e| format!("adapter {}: {e}", dir.display()))?;
+        opts.adapters.push(smolcap::ActiveAdapter {
+            adapter: std::sync::Arc::new(adapter),
+            weight,
+        });
+    }
     let cancel = AtomicBool::new(false);
     let mut results = Vec::new();
     for (chunk_i, chunk) in images.chunks(a.batch_size).enumerate() {
@@ -511,5 +547,57 @@ fn bench(a: BenchArgs) -> AnyResult<()> {
         decode_ms / floor_ms
     );
     println!("(ratio = pytorch / smolcap: above 1 means smolcap is faster or smaller)");
+    Ok(())
+}
+
+/// `DIR` or `DIR:SCALE`.
+fn adapter_spec(spec: &str) -> AnyResult<(PathBuf, f32)> {
+    if let Some((dir, scale)) = spec.rsplit_once(':') {
+        if let Ok(s) = scale.parse::<f32>() {
+            if !s.is_finite() {
+                return Err(format!("adapter {spec}: scale must be finite").into());
+            }
+            return Ok((PathBuf::from(dir), s));
+        }
+    }
+    Ok((PathBuf::from(spec), 1.0))
+}
+
+fn merge(a: MergeArgs) -> AnyResult<()> {
+    let base = smolcap::hub::resolve(&a.base_model, a.revision.as_deref())?;
+    let mut adapters = Vec::new();
+    for spec in &a.adapter_dir {
+        let (dir, w) = adapter_spec(spec)?;
+        let ad = smolcap::merge::load_adapter_for(&base, &dir).map_err(|e| format!("adapter {}: {e}", dir.display()))?;
+        adapters.push((ad, w as f64));
+    }
+    let refs: Vec<(&smolcap::lora::peft::Adapter, f64)> = adapters.iter().map(|(a, w)| (a, *w)).collect();
+    let opts = smolcap::merge::MergeOptions {
+        max_shard_bytes: a.max_shard_bytes,
+        overwrite: a.overwrite,
+    };
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut progress = |done: usize, total: usize| {
+        if tty {
+            let width = 30;
+            let filled = done * width / total.max(1);
+            eprint!("\rmerging [{}{}] {done}/{total} tensors", "#".repeat(filled), " ".repeat(width - filled));
+            if done == total {
+                eprintln!();
+            }
+        }
+    };
+    let report = smolcap::merge::merge_save(&base, &refs, &a.save_dir, &opts, &mut progress)?;
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "merged {} LoRA modules, replaced {} modules; wrote {} tensors in {} file(s) to {}",
+        report.merged_modules,
+        report.replaced_modules,
+        report.tensors,
+        report.shards,
+        a.save_dir.display()
+    );
     Ok(())
 }

@@ -311,6 +311,9 @@ pub struct Adapter {
     pub saved: BTreeMap<String, (Tensor, Option<Tensor>)>,
 }
 
+/// Linear-module shapes by checkpoint name: `(in, out, has_bias)`.
+pub type ModuleShapes = HashMap<String, (usize, usize, bool)>;
+
 /// peft's key prefix in adapter_model.safetensors.
 const PREFIX: &str = "base_model.model.";
 
@@ -318,6 +321,19 @@ impl Adapter {
     /// Loads `dir` and checks every tensor against `model`: a key that matches no module, a
     /// shape that does not fit, a rank that disagrees with the config are errors naming the key.
     pub fn load(dir: &Path, model: &Idefics3) -> Result<Self> {
+        let shapes: ModuleShapes = model
+            .linears()
+            .into_iter()
+            .map(|l| {
+                let d = l.weight.dims();
+                (l.name.clone(), (d[1], d[0], l.bias.is_some()))
+            })
+            .collect();
+        Self::load_with_shapes(dir, &shapes, model.device())
+    }
+
+    /// Loads `dir` checking it against linear-module shapes `name → (in, out, has_bias)`.
+    pub fn load_with_shapes(dir: &Path, shapes: &ModuleShapes, device: &candle_core::Device) -> Result<Self> {
         let cfg_path = dir.join("adapter_config.json");
         let config = AdapterConfig::from_file(&cfg_path)?;
         let st = dir.join("adapter_model.safetensors");
@@ -333,15 +349,7 @@ impl Adapter {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "missing"),
             ));
         }
-        let w = Weights::from_files(std::slice::from_ref(&st), DType::F32, model.device())?;
-        let shapes: HashMap<&str, (usize, usize, bool)> = model
-            .linears()
-            .into_iter()
-            .map(|l| {
-                let d = l.weight.dims();
-                (l.name.as_str(), (d[1], d[0], l.bias.is_some()))
-            })
-            .collect();
+        let w = Weights::from_files(std::slice::from_ref(&st), DType::F32, device)?;
         let fmt = |m: String| Error::format(&st, m);
         let mut a_parts: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut b_parts: BTreeMap<String, Tensor> = BTreeMap::new();

@@ -124,6 +124,42 @@ impl Weights {
             .find_map(|t| st_to_candle(t.dtype).filter(|d| d.is_float()))
     }
 
+    /// Stored shape of `name`.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        let si = *self.index.get(name)?;
+        Some(self.shards[si].tensors[name].shape.as_slice())
+    }
+
+    /// The stored dtype, shape and bytes of `name`, untouched (for copying into a new file).
+    pub fn raw(&self, name: &str) -> Result<(StDtype, &[usize], &[u8])> {
+        let Some(&si) = self.index.get(name) else {
+            let first = self.shards.first().map(|s| s.path.clone()).unwrap_or_default();
+            return Err(Error::format(first, format!("missing tensor {name}")));
+        };
+        let shard = &self.shards[si];
+        let info = &shard.tensors[name];
+        let start = 8 + shard.header_len + info.data_offsets.0;
+        let end = 8 + shard.header_len + info.data_offsets.1;
+        let bytes = shard.map.get(start..end).ok_or_else(|| {
+            Error::format(&shard.path, format!("tensor {name} lies outside the file"))
+        })?;
+        Ok((info.dtype, info.shape.as_slice(), bytes))
+    }
+
+    /// Linear-module shapes `(in, out, has_bias)` of every 2-D `*.weight` tensor.
+    pub fn linear_shapes(&self) -> HashMap<String, (usize, usize, bool)> {
+        let mut out = HashMap::new();
+        for name in self.index.keys() {
+            if let (Some(m), Some(s)) = (name.strip_suffix(".weight"), self.shape(name)) {
+                if s.len() == 2 {
+                    let bias = self.index.contains_key(&format!("{m}.bias"));
+                    out.insert(m.to_string(), (s[1], s[0], bias));
+                }
+            }
+        }
+        out
+    }
+
     /// Loads `name`, checks it has `shape`, and converts it to the compute dtype.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.get_any(name)?;
