@@ -175,11 +175,7 @@ impl ModelConfig {
         let hidden_size = r.usize_req(tc, tp, "hidden_size")?;
         let num_attention_heads = r.usize_req(tc, tp, "num_attention_heads")?;
         let num_key_value_heads = r.usize_or(tc, tp, "num_key_value_heads", num_attention_heads)?;
-        let default_head_dim = if num_attention_heads == 0 {
-            0
-        } else {
-            hidden_size / num_attention_heads
-        };
+        let default_head_dim = hidden_size.checked_div(num_attention_heads).unwrap_or(0);
         let (rope_theta, rope_linear_factor) = r.rope(tc, tp)?;
         // Both the top-level and the text-level vocab_size exist in the hub layout; the text one wins.
         let vocab_size = match tc.get("vocab_size") {

@@ -78,3 +78,21 @@ impl From<candle_core::Error> for Error {
         Error::Internal(first)
     }
 }
+
+impl From<crate::metrics::MetricsError> for Error {
+    fn from(e: crate::metrics::MetricsError) -> Self {
+        use crate::metrics::MetricsError as M;
+        match e {
+            M::Io { path, source } => Error::Io {
+                path: path.into(),
+                source,
+            },
+            M::Format { path, msg } => Error::Format {
+                path: path.into(),
+                msg,
+            },
+            M::WordNet(_) => Error::Internal(e.to_string()),
+            _ => Error::InvalidArgument(e.to_string()),
+        }
+    }
+}

@@ -5,10 +5,12 @@ pub mod device;
 pub mod error;
 #[allow(non_camel_case_types)]
 pub mod ffi;
+pub mod fsio;
 pub mod generate;
 pub mod hub;
 pub mod lora;
 pub mod merge;
+pub mod metrics;
 pub mod model;
 pub mod processor;
 pub mod session;

@@ -2,9 +2,7 @@
 //! stored dtype, written as a complete HF model directory (atomically: temp dir, fsync, rename).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::{Dtype as StDtype, View};
@@ -102,10 +100,26 @@ fn candle_dtype(d: StDtype) -> Option<DType> {
 fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
     let t = t.flatten_all()?;
     Ok(match t.dtype() {
-        DType::F32 => t.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::F16 => t.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::BF16 => t.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::F64 => t.to_vec1::<f64>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F32 => t
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::F16 => t
+            .to_vec1::<half::f16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::BF16 => t
+            .to_vec1::<half::bf16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::F64 => t
+            .to_vec1::<f64>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
         d => return Err(Error::Internal(format!("cannot serialise dtype {d:?}"))),
     })
 }
@@ -120,7 +134,9 @@ pub fn merge_save(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<MergeReport> {
     if opts.max_shard_bytes == 0 {
-        return Err(Error::InvalidArgument("max_shard_bytes must be positive".into()));
+        return Err(Error::InvalidArgument(
+            "max_shard_bytes must be positive".into(),
+        ));
     }
     let base_c = std::fs::canonicalize(base_dir).map_err(|e| Error::io(base_dir, e))?;
     if let Ok(out_c) = std::fs::canonicalize(out_dir) {
@@ -131,7 +147,11 @@ pub fn merge_save(
                 out_dir.display()
             )));
         }
-        if !opts.overwrite && std::fs::read_dir(out_dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        if !opts.overwrite
+            && std::fs::read_dir(out_dir)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false)
+        {
             return Err(Error::InvalidArgument(format!(
                 "output directory {} exists and is not empty (use overwrite)",
                 out_dir.display()
@@ -144,7 +164,9 @@ pub fn merge_save(
     let mut replace: HashMap<String, &Tensor> = HashMap::new();
     for (a, weight) in adapters {
         if !weight.is_finite() {
-            return Err(Error::InvalidArgument(format!("adapter weight {weight} is not finite")));
+            return Err(Error::InvalidArgument(format!(
+                "adapter weight {weight} is not finite"
+            )));
         }
         if a.config.trained_on_4bit {
             report.warnings.push(format!(
@@ -153,7 +175,10 @@ pub fn merge_save(
             ));
         }
         for m in &a.modules {
-            deltas.entry(format!("{}.weight", m.name)).or_default().push((&m.a, &m.b, m.scale * weight));
+            deltas
+                .entry(format!("{}.weight", m.name))
+                .or_default()
+                .push((&m.a, &m.b, m.scale * weight));
         }
         for (name, (wt, bias)) in &a.saved {
             replace.insert(format!("{name}.weight"), wt);
@@ -164,36 +189,27 @@ pub fn merge_save(
     }
     for k in deltas.keys().chain(replace.keys()) {
         if !w.contains(k) {
-            return Err(Error::format(base_dir, format!("adapter targets {k}, which the base checkpoint lacks")));
+            return Err(Error::format(
+                base_dir,
+                format!("adapter targets {k}, which the base checkpoint lacks"),
+            ));
         }
     }
     report.merged_modules = deltas.len();
     report.replaced_modules = replace.keys().filter(|k| k.ends_with(".weight")).count();
 
-    let parent = out_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let name = out_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "merged".into());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let result = write_all(&w, &deltas, &replace, base_dir, &tmp, opts, &mut report, progress);
-    if let Err(e) = result {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    // Swap the finished directory into place.
-    if out_dir.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(out_dir, &old).map_err(|e| Error::io(out_dir, e))?;
-        if let Err(e) = std::fs::rename(&tmp, out_dir) {
-            let _ = std::fs::rename(&old, out_dir);
-            return Err(Error::io(out_dir, e));
-        }
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&tmp, out_dir).map_err(|e| Error::io(out_dir, e))?;
-    }
-    sync_dir(parent);
+    crate::fsio::write_dir_atomic(out_dir, |tmp| {
+        write_all(
+            &w,
+            &deltas,
+            &replace,
+            base_dir,
+            tmp,
+            opts,
+            &mut report,
+            progress,
+        )
+    })?;
     Ok(report)
 }
 
@@ -242,13 +258,21 @@ fn write_all(
         for n in shard {
             let (dt, shape, bytes) = w.raw(n)?;
             let data = if let Some(rep) = replace.get(n) {
-                let target = candle_dtype(dt).ok_or_else(|| Error::Unsupported(format!("merge into {n} of dtype {dt:?}")))?;
+                let target = candle_dtype(dt)
+                    .ok_or_else(|| Error::Unsupported(format!("merge into {n} of dtype {dt:?}")))?;
                 if rep.dims() != shape {
-                    return Err(Error::format(base_dir, format!("modules_to_save tensor {n} has shape {:?}, base {shape:?}", rep.dims())));
+                    return Err(Error::format(
+                        base_dir,
+                        format!(
+                            "modules_to_save tensor {n} has shape {:?}, base {shape:?}",
+                            rep.dims()
+                        ),
+                    ));
                 }
                 tensor_bytes(&rep.to_dtype(target)?)?
             } else if let Some(ds) = deltas.get(n) {
-                let target = candle_dtype(dt).ok_or_else(|| Error::Unsupported(format!("merge into {n} of dtype {dt:?}")))?;
+                let target = candle_dtype(dt)
+                    .ok_or_else(|| Error::Unsupported(format!("merge into {n} of dtype {dt:?}")))?;
                 let mut acc = w.get_as(n, DType::F32)?;
                 for (a, b, s) in ds {
                     let d = b.to_dtype(DType::F32)?.matmul(&a.to_dtype(DType::F32)?)?;
@@ -260,7 +284,14 @@ fn write_all(
             };
             total_size += data.len() as u64;
             weight_map.insert(n.clone(), file_name(si));
-            outs.push((n.clone(), Out { dtype: dt, shape: shape.to_vec(), data }));
+            outs.push((
+                n.clone(),
+                Out {
+                    dtype: dt,
+                    shape: shape.to_vec(),
+                    data,
+                },
+            ));
             done += 1;
             progress(done, total);
         }
@@ -270,38 +301,26 @@ fn write_all(
         let views: Vec<(&str, &Out)> = outs.iter().map(|(n, o)| (n.as_str(), o)).collect();
         safetensors::serialize_to_file(views, Some(meta), &path)
             .map_err(|e| Error::io(&path, std::io::Error::other(e.to_string())))?;
-        fsync(&path)?;
+        crate::fsio::fsync_file(&path)?;
         report.tensors += outs.len();
     }
     report.shards = n_shards;
     if n_shards > 1 {
-        let index = serde_json::json!({"metadata": {"total_size": total_size}, "weight_map": weight_map});
-        write_file(&tmp.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index).unwrap_or_default().as_bytes())?;
+        let index =
+            serde_json::json!({"metadata": {"total_size": total_size}, "weight_map": weight_map});
+        crate::fsio::write_file_synced(
+            &tmp.join("model.safetensors.index.json"),
+            serde_json::to_string_pretty(&index)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
     }
     for f in COPIED {
         let src = base_dir.join(f);
         if src.is_file() {
             let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
-            write_file(&tmp.join(f), &bytes)?;
+            crate::fsio::write_file_synced(&tmp.join(f), &bytes)?;
         }
     }
-    sync_dir(tmp);
     Ok(())
-}
-
-fn write_file(path: &PathBuf, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    f.sync_all().map_err(|e| Error::io(path, e))
-}
-
-fn fsync(path: &Path) -> Result<()> {
-    File::open(path).and_then(|f| f.sync_all()).map_err(|e| Error::io(path, e))
-}
-
-fn sync_dir(dir: &Path) {
-    // Best effort: directory fsync makes the rename durable on Linux.
-    if let Ok(f) = File::open(dir) {
-        let _ = f.sync_all();
-    }
 }

@@ -176,3 +176,60 @@ fn offline_hub_id_without_cache_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn score_prints_the_seed_scorecard_and_json() {
+    let dir = std::env::temp_dir().join(format!("smolcap-cli-score-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let refs = dir.join("refs.json");
+    let cands = dir.join("cands.json");
+    std::fs::write(
+        &refs,
+        r#"{"annotations":[{"image_id":1,"caption":"a dog runs on the grass"},{"image_id":1,"caption":"a brown dog running"},{"image_id":2,"caption":"two people ride bikes"}]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        &cands,
+        r#"[{"image_id":1,"caption":"a dog running on grass"},{"image_id":2,"caption":"people riding bikes"}]"#,
+    )
+    .unwrap();
+    let out = smolcap()
+        .args(["score", "--refs"])
+        .arg(&refs)
+        .arg("--cands")
+        .arg(&cands)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for m in ["CIDEr", "BLEU-4", "METEOR", "ROUGE-L"] {
+        assert!(text.contains(m), "{text}");
+    }
+    let out = smolcap()
+        .args(["score", "--suite", "coco", "--json", "--refs"])
+        .arg(&refs)
+        .arg("--cands")
+        .arg(&cands)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v.to_string().contains("CIDEr"));
+    let out = smolcap()
+        .args(["score", "--suite", "nope", "--refs"])
+        .arg(&refs)
+        .arg("--cands")
+        .arg(&cands)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

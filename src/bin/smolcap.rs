@@ -33,10 +33,28 @@ enum Cmd {
     Caption(CaptionArgs),
     /// Show what the processor and the model did with an image (for debugging preprocessing).
     Inspect(InspectArgs),
+    /// Score candidate captions against references (COCO annotation / results JSON).
+    Score(ScoreArgs),
     /// Merge LoRA adapters into the base weights and write a complete model directory.
     Merge(MergeArgs),
     /// Time each captioning stage (optionally beside tools/reference/bench_torch.py's JSON).
     Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    /// References in COCO captions annotation format ({"annotations":[{"image_id","caption"}]}).
+    #[arg(long)]
+    refs: PathBuf,
+    /// Candidates in COCO results format ([{"image_id","caption"}]).
+    #[arg(long)]
+    cands: PathBuf,
+    /// Metric suite: `seed` (the seed's eval script) or `coco` (pycocoevalcap).
+    #[arg(long, default_value = "seed")]
+    suite: String,
+    /// Print all corpus and per-image scores as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -48,7 +66,12 @@ struct MergeArgs {
     #[arg(long)]
     revision: Option<String>,
     /// PEFT adapter directory, optionally `DIR:SCALE`; repeat to merge several.
-    #[arg(long = "adapter-dir", alias = "adapter_dir", alias = "adapter", required = true)]
+    #[arg(
+        long = "adapter-dir",
+        alias = "adapter_dir",
+        alias = "adapter",
+        required = true
+    )]
     adapter_dir: Vec<String>,
     /// Output directory.
     #[arg(long = "save-dir", alias = "save_dir", alias = "output-dir")]
@@ -191,6 +214,7 @@ fn main() -> ExitCode {
         Cmd::Inspect(a) => inspect(a),
         Cmd::Bench(a) => bench(a),
         Cmd::Merge(a) => merge(a),
+        Cmd::Score(a) => score(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -319,7 +343,9 @@ fn caption(a: CaptionArgs) -> AnyResult<()> {
     let model = load_model(&a.model)?;
     for spec in &a.adapter {
         let (dir, weight) = adapter_spec(spec)?;
-        let adapter = model.load_adapter(&dir).map_err(|e| format!("adapter {}: {e}", dir.display()))?;
+        let adapter = model
+            .load_adapter(&dir)
+            .map_err(|e| format!("adapter {}: {e}", dir.display()))?;
         opts.adapters.push(smolcap::ActiveAdapter {
             adapter: std::sync::Arc::new(adapter),
             weight,
@@ -437,10 +463,12 @@ fn bench(a: BenchArgs) -> AnyResult<()> {
     let load_s = t.elapsed().as_secs_f64();
     let lim = DecodeLimits::default();
     let bytes = std::fs::read(&a.image).map_err(|e| format!("{}: {e}", a.image))?;
-    let mut opts = CaptionOptions::default();
-    opts.params = GenerateParams {
-        max_new_tokens: a.new_tokens,
-        min_new_tokens: a.new_tokens,
+    let opts = CaptionOptions {
+        params: GenerateParams {
+            max_new_tokens: a.new_tokens,
+            min_new_tokens: a.new_tokens,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let (pre_s, (img, prep)) = best_of(a.repeat.max(3), || {
@@ -568,10 +596,12 @@ fn merge(a: MergeArgs) -> AnyResult<()> {
     let mut adapters = Vec::new();
     for spec in &a.adapter_dir {
         let (dir, w) = adapter_spec(spec)?;
-        let ad = smolcap::merge::load_adapter_for(&base, &dir).map_err(|e| format!("adapter {}: {e}", dir.display()))?;
+        let ad = smolcap::merge::load_adapter_for(&base, &dir)
+            .map_err(|e| format!("adapter {}: {e}", dir.display()))?;
         adapters.push((ad, w as f64));
     }
-    let refs: Vec<(&smolcap::lora::peft::Adapter, f64)> = adapters.iter().map(|(a, w)| (a, *w)).collect();
+    let refs: Vec<(&smolcap::lora::peft::Adapter, f64)> =
+        adapters.iter().map(|(a, w)| (a, *w)).collect();
     let opts = smolcap::merge::MergeOptions {
         max_shard_bytes: a.max_shard_bytes,
         overwrite: a.overwrite,
@@ -581,7 +611,11 @@ fn merge(a: MergeArgs) -> AnyResult<()> {
         if tty {
             let width = 30;
             let filled = done * width / total.max(1);
-            eprint!("\rmerging [{}{}] {done}/{total} tensors", "#".repeat(filled), " ".repeat(width - filled));
+            eprint!(
+                "\rmerging [{}{}] {done}/{total} tensors",
+                "#".repeat(filled),
+                " ".repeat(width - filled)
+            );
             if done == total {
                 eprintln!();
             }
@@ -599,5 +633,16 @@ fn merge(a: MergeArgs) -> AnyResult<()> {
         report.shards,
         a.save_dir.display()
     );
+    Ok(())
+}
+
+fn score(a: ScoreArgs) -> AnyResult<()> {
+    let suite: smolcap::metrics::Suite = a.suite.parse().map_err(smolcap::Error::from)?;
+    let out = smolcap::metrics::cli::score_files(&a.refs, &a.cands, suite, a.json)
+        .map_err(smolcap::Error::from)?;
+    print!("{out}");
+    if !out.ends_with('\n') {
+        println!();
+    }
     Ok(())
 }

@@ -114,6 +114,7 @@ pub trait StepModel {
 pub type TokenCallback<'a> = dyn FnMut(usize, u32) -> ControlFlow<()> + 'a;
 
 /// Generates continuations for every row.
+#[allow(clippy::too_many_arguments)]
 ///
 /// `first_logits[r]` are the logits after row r's prompt, `prompts[r]` its tokens (for the
 /// repetition penalty). Returns the generated ids per row, including a final stop token.

@@ -333,7 +333,11 @@ impl Adapter {
     }
 
     /// Loads `dir` checking it against linear-module shapes `name → (in, out, has_bias)`.
-    pub fn load_with_shapes(dir: &Path, shapes: &ModuleShapes, device: &candle_core::Device) -> Result<Self> {
+    pub fn load_with_shapes(
+        dir: &Path,
+        shapes: &ModuleShapes,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
         let cfg_path = dir.join("adapter_config.json");
         let config = AdapterConfig::from_file(&cfg_path)?;
         let st = dir.join("adapter_model.safetensors");
@@ -466,6 +470,38 @@ impl Adapter {
             config,
             modules,
             saved: whole,
+        })
+    }
+
+    /// Writes the adapter in peft's layout (`adapter_config.json` + `adapter_model.safetensors`,
+    /// keys `base_model.model.<module>.lora_{A,B}.weight`), atomically: temp dir, fsync, rename.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for m in &self.modules {
+            tensors.push((
+                format!("{PREFIX}{}.lora_A.weight", m.name),
+                m.a.to_dtype(DType::F32)?,
+            ));
+            tensors.push((
+                format!("{PREFIX}{}.lora_B.weight", m.name),
+                m.b.to_dtype(DType::F32)?,
+            ));
+        }
+        for (name, (w, b)) in &self.saved {
+            tensors.push((format!("{PREFIX}{name}.weight"), w.to_dtype(DType::F32)?));
+            if let Some(b) = b {
+                tensors.push((format!("{PREFIX}{name}.bias"), b.to_dtype(DType::F32)?));
+            }
+        }
+        let config = serde_json::to_string_pretty(&self.config.raw)
+            .map_err(|e| Error::Internal(format!("adapter config: {e}")))?;
+        crate::fsio::write_dir_atomic(dir, |tmp| {
+            let st = tmp.join("adapter_model.safetensors");
+            let map: HashMap<String, Tensor> = tensors.into_iter().collect();
+            candle_core::safetensors::save(&map, &st)
+                .map_err(|e| Error::io(&st, std::io::Error::other(e.to_string())))?;
+            crate::fsio::fsync_file(&st)?;
+            crate::fsio::write_file_synced(&tmp.join("adapter_config.json"), config.as_bytes())
         })
     }
 

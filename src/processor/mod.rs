@@ -59,7 +59,7 @@ pub enum PromptMode {
 impl Processor {
     /// Loads tokenizer and processor files from `dir` and checks them against the model config.
     pub fn load(dir: &Path, cfg: &ModelConfig) -> Result<Self> {
-        let image = ImageProcessorConfig::from_json(&dir.join("preprocessor_config.json"))?;
+        let image = ImageProcessorConfig::from_json(dir.join("preprocessor_config.json"))?;
         let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
         let proc_cfg = read_json_opt(&dir.join("processor_config.json"))?;
         let tok_cfg = read_json_opt(&dir.join("tokenizer_config.json"))?;
