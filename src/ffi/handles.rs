@@ -143,7 +143,7 @@ pub unsafe fn req_str<'a>(p: *const c_char, what: &str) -> FfiResult<&'a str> {
 }
 
 /// Largest element count accepted for any caller array (guards `len * size` overflow).
-pub const MAX_ARRAY_LEN: usize = 1 << 20;
+pub(crate) const MAX_ARRAY_LEN: usize = 1 << 20;
 
 /// Borrows a caller array of `n` elements; `n == 0` is allowed here (callers decide).
 ///

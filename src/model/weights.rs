@@ -133,7 +133,11 @@ impl Weights {
     /// The stored dtype, shape and bytes of `name`, untouched (for copying into a new file).
     pub fn raw(&self, name: &str) -> Result<(StDtype, &[usize], &[u8])> {
         let Some(&si) = self.index.get(name) else {
-            let first = self.shards.first().map(|s| s.path.clone()).unwrap_or_default();
+            let first = self
+                .shards
+                .first()
+                .map(|s| s.path.clone())
+                .unwrap_or_default();
             return Err(Error::format(first, format!("missing tensor {name}")));
         };
         let shard = &self.shards[si];

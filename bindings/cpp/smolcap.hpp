@@ -1,0 +1,313 @@
+// smolcap.hpp: header-only C++17 wrapper over the smolcap C API (smolcap.h).
+//
+// - RAII, move-only handles (std::unique_ptr with the library's _free functions).
+// - Failures throw smolcap::Error, carrying the status code and the library's message.
+// - Callbacks never let an exception cross into the library: an exception thrown by a token
+//   callback cancels the call and is rethrown from Session::caption once the library returned.
+// - Threads: a Model may be used from many threads (each with its own Session); a Session or
+//   Stream by one thread at a time (the library reports concurrent use as SMOLCAP_STATUS_BUSY);
+//   Session::cancel may be called from any thread.
+#ifndef SMOLCAP_HPP
+#define SMOLCAP_HPP
+
+#include <smolcap.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace smolcap {
+
+/// A failed smolcap call: code() is the SMOLCAP_STATUS_* value, what() the library's message.
+class Error : public std::runtime_error {
+public:
+    Error(smolcap_status code, const std::string &msg) : std::runtime_error(msg), code_(code) {}
+    /// The SMOLCAP_STATUS_* code.
+    smolcap_status code() const noexcept { return code_; }
+    /// The static name of the code ("busy", "cancelled", ...).
+    const char *code_name() const noexcept { return smolcap_status_string(code_); }
+
+private:
+    smolcap_status code_;
+};
+
+namespace detail {
+
+/// Throws Error for a non-OK status (reads the calling thread's last error immediately).
+inline void check(smolcap_status st) {
+    if (st != SMOLCAP_STATUS_OK) throw Error(st, smolcap_last_error());
+}
+
+struct ModelDeleter {
+    void operator()(smolcap_model *p) const noexcept { smolcap_model_free(p); }
+};
+struct SessionDeleter {
+    void operator()(smolcap_session *p) const noexcept { smolcap_session_free(p); }
+};
+struct CaptionsDeleter {
+    void operator()(smolcap_captions *p) const noexcept { smolcap_captions_free(p); }
+};
+struct StreamDeleter {
+    void operator()(smolcap_stream *p) const noexcept { smolcap_stream_free(p); }
+};
+using CaptionsPtr = std::unique_ptr<smolcap_captions, CaptionsDeleter>;
+
+/// What the C callback trampoline needs.
+struct CallbackContext {
+    const std::function<bool(std::size_t, std::string_view)> *fn;
+    smolcap_session *session;
+    std::exception_ptr error;
+};
+
+}  // namespace detail
+}  // namespace smolcap
+
+extern "C" {
+/// C-linkage trampoline for Session::caption: calls the std::function, converts its result to
+/// the C convention and captures any exception (cancelling the call) instead of letting it
+/// unwind into the library.
+inline int32_t smolcap_hpp_on_piece(size_t index, const char *piece, size_t len, void *user) {
+    auto *ctx = static_cast<smolcap::detail::CallbackContext *>(user);
+    if (ctx->error) return 1;
+    try {
+        return (*ctx->fn)(index, std::string_view(piece, len)) ? 0 : 1;
+    } catch (...) {
+        ctx->error = std::current_exception();
+        smolcap_session_cancel(ctx->session);
+        return 1;
+    }
+}
+}
+
+namespace smolcap {
+
+/// Library version string ("0.1.0").
+inline std::string version() { return smolcap_version(); }
+
+/// Compiled backends ("cpu", "cpu,cuda", ...).
+inline std::string features() { return smolcap_features(); }
+
+/// Options for Model::load.
+struct LoadOptions {
+    /// A SMOLCAP_DTYPE_* value.
+    uint32_t dtype = SMOLCAP_DTYPE_DEFAULT;
+    /// "cpu", "cuda:N", "metal".
+    std::string device = "cpu";
+    /// Hub revision; empty = "main".
+    std::string revision;
+};
+
+/// Facts about a model (a copy; strings owned here).
+struct ModelInfo {
+    uint32_t vocab_size, image_seq_len, tile_size, longest_edge, hidden_size, num_layers,
+        max_position_embeddings, eos_token_id;
+    std::string model_type, dtype, device, dir;
+};
+
+/// Generation settings; starts from the library defaults.
+struct GenerateParams {
+    smolcap_generate_params c{};
+    /// The prompt; empty = the library default.
+    std::string prompt;
+
+    GenerateParams() { detail::check(smolcap_generate_params_init(&c, sizeof c)); }
+    /// A copy of the C struct whose `prompt` points into this object (valid while it lives).
+    smolcap_generate_params get() const {
+        smolcap_generate_params out = c;
+        out.prompt = prompt.empty() ? nullptr : prompt.c_str();
+        return out;
+    }
+};
+
+/// An input image, borrowing the caller's bytes for the duration of a call.
+struct Image {
+    smolcap_image c{};
+
+    /// An encoded file (JPEG, PNG, ...) in memory.
+    static Image encoded(const void *data, std::size_t len) {
+        Image im;
+        im.c.kind = SMOLCAP_IMAGE_ENCODED;
+        im.c.data = static_cast<const uint8_t *>(data);
+        im.c.len = len;
+        return im;
+    }
+    /// Raw 8-bit RGB (`rgba` false) or RGBA pixels, rows `stride` bytes apart (0 = packed).
+    static Image raw(const void *data, std::size_t len, uint32_t width, uint32_t height,
+                     bool rgba = false, std::size_t stride = 0) {
+        Image im;
+        im.c.kind = rgba ? SMOLCAP_IMAGE_RGBA8 : SMOLCAP_IMAGE_RGB8;
+        im.c.data = static_cast<const uint8_t *>(data);
+        im.c.len = len;
+        im.c.width = width;
+        im.c.height = height;
+        im.c.stride = stride;
+        return im;
+    }
+};
+
+/// One caption, copied out of the library.
+struct Caption {
+    std::string text;
+    std::vector<uint32_t> tokens;
+    smolcap_caption_stats stats{};
+};
+
+/// Caption log-likelihood.
+using Nll = smolcap_nll;
+
+namespace detail {
+inline std::vector<Caption> copy_captions(const smolcap_captions *c) {
+    std::vector<Caption> out;
+    std::size_t n = smolcap_captions_count(c);
+    out.reserve(n);
+    for (std::size_t i = 0; i < n; i++) {
+        Caption cap;
+        const char *text = nullptr;
+        std::size_t len = 0;
+        check(smolcap_captions_text(c, i, &text, &len));
+        cap.text.assign(text, len);
+        const uint32_t *ids = nullptr;
+        std::size_t k = 0;
+        check(smolcap_captions_tokens(c, i, &ids, &k));
+        cap.tokens.assign(ids, ids + k);
+        cap.stats.struct_size = sizeof cap.stats;
+        check(smolcap_captions_stats(c, i, &cap.stats));
+        out.push_back(std::move(cap));
+    }
+    return out;
+}
+}  // namespace detail
+
+/// A loaded model. Move-only; const methods may be called from many threads.
+class Model {
+public:
+    /// Loads a model directory or hub repo id.
+    static Model load(const std::string &dir_or_repo, const LoadOptions &opt = {}) {
+        smolcap_load_params p;
+        detail::check(smolcap_load_params_init(&p, sizeof p));
+        p.dtype = opt.dtype;
+        p.device = opt.device.c_str();
+        p.revision = opt.revision.empty() ? nullptr : opt.revision.c_str();
+        smolcap_model *m = nullptr;
+        detail::check(smolcap_model_load(dir_or_repo.c_str(), &p, &m));
+        return Model(m);
+    }
+
+    ModelInfo info() const {
+        smolcap_model_info i{};
+        i.struct_size = sizeof i;
+        detail::check(smolcap_model_get_info(p_.get(), &i));
+        return ModelInfo{i.vocab_size,    i.image_seq_len, i.tile_size,
+                         i.longest_edge,  i.hidden_size,   i.num_layers,
+                         i.max_position_embeddings,        i.eos_token_id,
+                         i.model_type,    i.dtype,         i.device,
+                         i.dir};
+    }
+
+    /// The C handle (owned by this object).
+    const smolcap_model *get() const noexcept { return p_.get(); }
+
+private:
+    explicit Model(smolcap_model *p) : p_(p) {}
+    std::unique_ptr<smolcap_model, detail::ModelDeleter> p_;
+};
+
+/// A pull stream over one caption. Move-only.
+class Stream {
+public:
+    /// The next piece of text, or std::nullopt at the end. Throws on errors (e.g. cancelled).
+    std::optional<std::string> next() {
+        const char *piece = nullptr;
+        std::size_t len = 0;
+        detail::check(smolcap_stream_next(p_.get(), &piece, &len));
+        if (piece == nullptr) return std::nullopt;
+        return std::string(piece, len);
+    }
+    /// The finished caption (after next() returned std::nullopt).
+    Caption result() {
+        smolcap_captions *c = nullptr;
+        detail::check(smolcap_stream_result(p_.get(), &c));
+        detail::CaptionsPtr owned(c);
+        return detail::copy_captions(owned.get()).at(0);
+    }
+
+private:
+    friend class Session;
+    explicit Stream(smolcap_stream *p) : p_(p) {}
+    std::unique_ptr<smolcap_stream, detail::StreamDeleter> p_;
+};
+
+/// A captioning session over a model. Move-only; one thread at a time (cancel() from any).
+class Session {
+public:
+    /// Called with (image index, text piece); return false to stop that caption.
+    using OnPiece = std::function<bool(std::size_t, std::string_view)>;
+
+    explicit Session(const Model &m) {
+        smolcap_session *s = nullptr;
+        detail::check(smolcap_session_new(m.get(), &s));
+        p_.reset(s);
+    }
+
+    /// Captions each image. Exceptions thrown by `on_piece` cancel the call and are rethrown.
+    std::vector<Caption> caption(const std::vector<Image> &images,
+                                 const GenerateParams &params = GenerateParams(),
+                                 const OnPiece &on_piece = OnPiece()) {
+        std::vector<smolcap_image> c;
+        c.reserve(images.size());
+        for (const auto &im : images) c.push_back(im.c);
+        detail::CallbackContext ctx{&on_piece, p_.get(), nullptr};
+        smolcap_captions *out = nullptr;
+        const smolcap_generate_params cp = params.get();
+        smolcap_status st =
+            smolcap_caption(p_.get(), c.data(), c.size(), &cp,
+                            on_piece ? smolcap_hpp_on_piece : nullptr, &ctx, &out);
+        detail::CaptionsPtr owned(out);
+        if (ctx.error) std::rethrow_exception(ctx.error);
+        detail::check(st);
+        return detail::copy_captions(owned.get());
+    }
+
+    /// Captions one image.
+    Caption caption(const Image &image, const GenerateParams &params = GenerateParams()) {
+        return caption(std::vector<Image>{image}, params).at(0);
+    }
+
+    /// Starts a pull stream over one image (the session is busy until it ends).
+    Stream stream(const Image &image, const GenerateParams &params = GenerateParams()) {
+        smolcap_stream *s = nullptr;
+        const smolcap_generate_params cp = params.get();
+        detail::check(smolcap_stream_begin(p_.get(), &image.c, &cp, &s));
+        return Stream(s);
+    }
+
+    /// Log-likelihood of `caption` for `image`.
+    Nll score(const Image &image, const std::string &caption,
+              const GenerateParams &params = GenerateParams()) {
+        Nll n{};
+        const smolcap_generate_params cp = params.get();
+        detail::check(smolcap_session_score(p_.get(), &image.c, caption.c_str(), &cp, &n));
+        return n;
+    }
+
+    /// Cancels the call or stream in progress; callable from any thread.
+    void cancel() { detail::check(smolcap_session_cancel(p_.get())); }
+
+    /// The C handle (owned by this object).
+    smolcap_session *get() const noexcept { return p_.get(); }
+
+private:
+    std::unique_ptr<smolcap_session, detail::SessionDeleter> p_;
+};
+
+}  // namespace smolcap
+
+#endif  // SMOLCAP_HPP

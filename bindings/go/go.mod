@@ -1,0 +1,3 @@
+module smolcap
+
+go 1.19

@@ -1,0 +1,143 @@
+//! The Rust path of the C ABI tests: captions the tiny fixture through the Rust API, checks the
+//! tokens against transformers (cases.json), and, when `SMOLCAP_EXPECTED_OUT` is set, writes
+//! them to that file for the C, C++ and Go tests (tests/run_native.sh), which must produce the
+//! same tokens and text byte for byte.
+//!
+//! File format, one line per case, tab-separated:
+//! `caption <name> <space-separated token ids> <caption text as hex>` and
+//! `nll <name> <total %.17g> <mean %.17g> <tokens>`.
+
+mod common;
+
+use std::fmt::Write as _;
+use std::ops::ControlFlow;
+use std::sync::atomic::AtomicBool;
+
+use common::{cases, fixture, ids};
+use smolcap::generate::{BeamParams, GenerateParams, SampleParams, Strategy};
+use smolcap::processor::image::{DecodeLimits, SourceImage};
+use smolcap::{CaptionOptions, LoadOptions, Model};
+
+/// The raw test image both sides build: 64x48 RGB, pixel (x, y) =
+/// ((7x + 3y) % 256, (x * y) % 256, (x + 2y) % 256).
+fn pattern() -> SourceImage {
+    let (w, h) = (64usize, 48usize);
+    let mut d = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        for x in 0..w {
+            d.push(((7 * x + 3 * y) % 256) as u8);
+            d.push(((x * y) % 256) as u8);
+            d.push(((x + 2 * y) % 256) as u8);
+        }
+    }
+    SourceImage::new(w, h, 3, d).unwrap()
+}
+
+fn opts(max_new: usize, strategy: Strategy) -> CaptionOptions {
+    CaptionOptions {
+        params: GenerateParams {
+            max_new_tokens: max_new,
+            strategy,
+            ..GenerateParams::default()
+        },
+        ..CaptionOptions::default()
+    }
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().fold(String::new(), |mut o, b| {
+        let _ = write!(o, "{b:02x}");
+        o
+    })
+}
+
+/// Greedy / beam token ids of a single-image case, cut after the first stop token.
+fn expected(case: &str, key: &str) -> Vec<u32> {
+    let c = cases("tiny-idefics3");
+    let eos = c["eos_token_id"].as_u64().unwrap() as u32;
+    let case = c["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == case)
+        .unwrap_or_else(|| panic!("case {case} missing"));
+    let mut v = ids(&case[key]["sequences_raw"]);
+    if let Some(i) = v.iter().position(|&t| t == eos) {
+        v.truncate(i + 1);
+    }
+    v
+}
+
+/// The image files captioned greedily (12 tokens) by the C thread test, with their cases.
+pub const FILES: &[(&str, &str)] = &[
+    ("photo_640x480.png", "photo_640x480"),
+    ("tiny_20x15.png", "tiny_20x15"),
+    ("pano_400x60.png", "pano_400x60"),
+    ("portrait_90x200.png", "portrait_90x200"),
+    ("gray_120x90.png", "gray_120x90"),
+    ("rgba_100x80.png", "rgba_100x80"),
+    ("square_32x32.png", "square_32x32"),
+    ("photo_640x480.jpg", "photo_640x480_jpg"),
+];
+
+#[test]
+fn rust_reference_for_the_c_abi() {
+    let model = Model::load_dir(&fixture("tiny-idefics3"), &LoadOptions::default()).unwrap();
+    let lim = DecodeLimits::default();
+    let cancel = AtomicBool::new(false);
+    let mut out = String::new();
+    let mut run = |name: &str, img: &SourceImage, o: &CaptionOptions| -> Vec<u32> {
+        let mut noop = |_: usize, _: &str| ControlFlow::Continue(());
+        let c = model
+            .caption(&[vec![img]], o, &cancel, &mut noop)
+            .unwrap()
+            .remove(0);
+        let toks: Vec<String> = c.token_ids.iter().map(u32::to_string).collect();
+        let _ = writeln!(out, "caption\t{name}\t{}\t{}", toks.join(" "), hex(&c.text));
+        c.token_ids
+    };
+    let greedy = opts(12, Strategy::Greedy);
+    for (file, case) in FILES {
+        let bytes = std::fs::read(fixture(&format!("images/{file}"))).unwrap();
+        let img = SourceImage::decode(&bytes, &lim).unwrap();
+        let got = run(file, &img, &greedy);
+        assert_eq!(
+            got,
+            expected(case, "greedy"),
+            "{file}: greedy vs transformers"
+        );
+    }
+    let photo = SourceImage::open(fixture("images/photo_640x480.png"), &lim).unwrap();
+    let beam = opts(12, Strategy::Beam(BeamParams::default()));
+    let got = run("beam3", &photo, &beam);
+    assert_eq!(
+        got,
+        expected("photo_640x480", "beam3"),
+        "beam3 vs transformers"
+    );
+    let sample = opts(
+        12,
+        Strategy::Sample {
+            params: SampleParams {
+                temperature: 0.8,
+                top_k: 50,
+                top_p: 0.9,
+            },
+            seed: 7,
+        },
+    );
+    run("sample", &photo, &sample);
+    run("raw", &pattern(), &greedy);
+    let nll = model
+        .caption_nll(&[&photo], &CaptionOptions::default(), "a photo of a cat")
+        .unwrap();
+    let _ = writeln!(
+        out,
+        "nll\tcat\t{:e}\t{:e}\t{}",
+        nll.total, nll.mean, nll.tokens
+    );
+    if let Ok(path) = std::env::var("SMOLCAP_EXPECTED_OUT") {
+        std::fs::write(&path, out).unwrap();
+        eprintln!("wrote {path}");
+    }
+}
