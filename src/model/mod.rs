@@ -2,6 +2,7 @@
 
 pub mod connector;
 pub mod linear;
+pub mod ops;
 pub mod text;
 pub mod vision;
 pub mod weights;

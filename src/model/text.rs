@@ -6,7 +6,8 @@ use crate::config::TextConfig;
 use crate::error::{Error, Result};
 use crate::lora::LoraSet;
 use crate::model::linear::{Linear, RmsNorm};
-use crate::model::vision::{activate, softmax_f32};
+use crate::model::ops::softmax_scaled;
+use crate::model::vision::activate;
 use crate::model::weights::Weights;
 
 struct Attention {
@@ -385,17 +386,18 @@ impl TextModel {
         // along the query axis ([b, kvh, rep·L, d]).
         let qg = q.reshape((b, kvh, rep * l, hd))?;
         let scale = (hd as f64).powf(-0.5);
-        let scores = (qg.matmul(&k_all.t()?)? * scale)?;
-        let scores = match mask {
-            Some(m) => scores
-                .to_dtype(DType::F32)?
-                .reshape((b, kvh, rep, l, total))?
-                .broadcast_add(m)?
-                .reshape((b, kvh, rep * l, total))?
-                .to_dtype(x.dtype())?,
-            None => scores,
+        let scores = qg.matmul(&k_all.t()?)?;
+        let probs = match mask {
+            // The mask is added after scaling, as in the reference.
+            Some(m) => {
+                let s = (scores.to_dtype(DType::F32)? * scale)?
+                    .reshape((b, kvh, rep, l, total))?
+                    .broadcast_add(m)?
+                    .reshape((b, kvh, rep * l, total))?;
+                softmax_scaled(&s, 1.0)?.to_dtype(x.dtype())?
+            }
+            None => softmax_scaled(&scores, scale)?,
         };
-        let probs = softmax_f32(&scores)?;
         let o = probs.matmul(&v_all)?; // [b, kvh, rep·L, d]
         let o = o
             .reshape((b, nh, l, hd))?

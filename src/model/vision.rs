@@ -1,6 +1,6 @@
 //! SigLIP vision tower of Idefics3 (`model.vision_model`).
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use crate::config::{Activation, VisionConfig};
 use crate::error::{Error, Result};
@@ -12,7 +12,7 @@ use crate::model::weights::Weights;
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     Ok(match act {
         Activation::Silu => candle_nn::ops::silu(x)?,
-        Activation::GeluTanh => x.gelu()?,
+        Activation::GeluTanh => super::ops::gelu_tanh(x)?,
         Activation::Gelu => x.gelu_erf()?,
     })
 }
@@ -178,22 +178,11 @@ impl Attention {
         let k = split(self.k.forward(x, lora)?)?;
         let v = split(self.v.forward(x, lora)?)?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let probs = softmax_f32(&scores)?;
+        let probs = super::ops::softmax_scaled(&q.matmul(&k.t()?)?, scale)?;
         let o = probs.matmul(&v)?;
         let o = o
             .transpose(1, 2)?
             .reshape((n, l, self.heads * self.head_dim))?;
         self.out.forward(&o, lora)
     }
-}
-
-/// Softmax over the last dimension computed in f32 (as the reference does), returned in the input dtype.
-pub fn softmax_f32(x: &Tensor) -> Result<Tensor> {
-    let dt = x.dtype();
-    if dt == DType::F32 {
-        return Ok(candle_nn::ops::softmax_last_dim(x)?);
-    }
-    let y = candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?;
-    Ok(y.to_dtype(dt)?)
 }
