@@ -1,7 +1,7 @@
 //! CPU kernels for the element-wise hot spots candle runs single-threaded: tanh-GELU and the
 //! attention softmax. Other devices and dtypes use candle's own ops.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::Result;
@@ -78,6 +78,143 @@ impl CustomOp1 for ScaledSoftmax {
     }
 }
 
+/// `C = A·B` for row-major `A` `[m, k]` (row stride `a_rs`), `B` given by its strides, `C`
+/// `[m, n]` contiguous; single-threaded (callers parallelise over heads).
+#[allow(clippy::too_many_arguments)]
+fn gemm_rows(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    // The bounds below make every index gemm reads or writes lie inside the slices.
+    assert!(c.len() >= m * n);
+    assert!(m == 0 || k == 0 || a.len() > (m - 1) * a_rs + (k - 1));
+    assert!(n == 0 || k == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
+    // SAFETY: the asserts above bound every accessed element of a, b and c; c is exclusively
+    // borrowed, a and b are shared borrows that do not alias c.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// Softmax attention over `[units, rows, d]` queries and `[units, keys, d]` keys/values, one
+/// unit per rayon task. `causal = Some((past, l))`: query row r (position `r % l`) sees keys
+/// `..= past + r % l`.
+struct Attention {
+    scale: f32,
+    causal: Option<(usize, usize)>,
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "attention-cpu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let q = contiguous_f32(sq, lq, self.name())?;
+        let k = contiguous_f32(sk, lk, self.name())?;
+        let v = contiguous_f32(sv, lv, self.name())?;
+        let (&[uq, rows, d], &[uk, keys, dk], &[uv, kv2, dv]) = (lq.dims(), lk.dims(), lv.dims())
+        else {
+            candle_core::bail!("attention-cpu: expects 3-d q, k, v")
+        };
+        if uq != uk || uq != uv || d != dk || d != dv || keys != kv2 {
+            candle_core::bail!(
+                "attention-cpu: shapes {:?} {:?} {:?}",
+                lq.dims(),
+                lk.dims(),
+                lv.dims()
+            )
+        }
+        let mut out = vec![0f32; uq * rows * d];
+        let (scale, causal) = (self.scale, self.causal);
+        out.par_chunks_mut(rows * d).enumerate().for_each(|(u, o)| {
+            let qu = &q[u * rows * d..(u + 1) * rows * d];
+            let ku = &k[u * keys * d..(u + 1) * keys * d];
+            let vu = &v[u * keys * d..(u + 1) * keys * d];
+            let mut s = vec![0f32; rows * keys];
+            // S = Q Kᵀ: B = Kᵀ has row stride 1 and column stride d.
+            gemm_rows(rows, keys, d, &mut s, qu, d, ku, 1, d);
+            for (r, row) in s.chunks_mut(keys).enumerate() {
+                let visible = match causal {
+                    Some((past, l)) => (past + r % l + 1).min(keys),
+                    None => keys,
+                };
+                let m = row[..visible]
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
+                let mut sum = 0f32;
+                for x in row[..visible].iter_mut() {
+                    *x = (*x * scale - m).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                for x in row[..visible].iter_mut() {
+                    *x *= inv;
+                }
+                for x in row[visible..].iter_mut() {
+                    *x = 0.0;
+                }
+            }
+            gemm_rows(rows, d, keys, o, &s, keys, vu, d, 1);
+        });
+        Ok((CpuStorage::F32(out), Shape::from((uq, rows, d))))
+    }
+}
+
+/// `softmax(scale·Q Kᵀ [+ causal mask]) V` for `q` `[units, rows, d]`, `k`/`v` `[units, keys, d]`
+/// on the CPU in f32; `None` when the fast path does not apply (other device or dtype).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    causal: Option<(usize, usize)>,
+) -> Result<Option<Tensor>> {
+    if !(fast_path(q) && fast_path(k) && fast_path(v)) {
+        return Ok(None);
+    }
+    let op = Attention {
+        scale: scale as f32,
+        causal,
+    };
+    Ok(Some(q.apply_op3_no_bwd(k, v, &op)?))
+}
+
 fn fast_path(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous()
 }
@@ -146,5 +283,58 @@ mod tests {
             .to_vec1()
             .unwrap();
         assert_eq!(s, vec![0.0, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn attention_kernel_matches_reference_math() {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (3, 10, 8), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (3, 7, 8), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (3, 7, 8), &dev).unwrap();
+        let scale = 0.35;
+        let naive = |mask: Option<&Tensor>| {
+            let s = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+            let s = match mask {
+                Some(m) => s.broadcast_add(m).unwrap(),
+                None => s,
+            };
+            candle_nn::ops::softmax_last_dim(&s)
+                .unwrap()
+                .matmul(&v)
+                .unwrap()
+        };
+        let got = attention(&q, &k, &v, scale, None).unwrap().unwrap();
+        let d = (got - naive(None))
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "{d}");
+        // Causal with 2 past keys and rows grouped as 2 heads x 5 positions.
+        let (past, l) = (2usize, 5usize);
+        let mut m = vec![0f32; 10 * 7];
+        for r in 0..10 {
+            for j in 0..7 {
+                if j > past + r % l {
+                    m[r * 7 + j] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let mask = Tensor::from_vec(m, (10, 7), &dev).unwrap();
+        let got = attention(&q, &k, &v, scale, Some((past, l)))
+            .unwrap()
+            .unwrap();
+        let d = (got - naive(Some(&mask)))
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "{d}");
     }
 }

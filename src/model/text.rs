@@ -273,7 +273,17 @@ impl TextModel {
         let mut h = embeds.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             let x = layer.input_ln.forward(&h)?;
-            let x = self.attention(layer, &x, &cos, &sin, mask.as_ref(), cache, i, lora)?;
+            let x = self.attention(
+                layer,
+                &x,
+                &cos,
+                &sin,
+                mask.as_ref(),
+                cache,
+                i,
+                lora,
+                key_mask.is_some(),
+            )?;
             let h1 = (h + x)?;
             let x = layer.post_ln.forward(&h1)?;
             let g = activate(&layer.mlp.gate.forward(&x, lora)?, self.cfg.hidden_act)?;
@@ -348,6 +358,7 @@ impl TextModel {
         cache: &mut KvCache,
         li: usize,
         lora: &LoraSet,
+        padded: bool,
     ) -> Result<Tensor> {
         let c = &self.cfg;
         let (b, l, _) = x.dims3()?;
@@ -386,19 +397,37 @@ impl TextModel {
         // along the query axis ([b, kvh, rep·L, d]).
         let qg = q.reshape((b, kvh, rep * l, hd))?;
         let scale = (hd as f64).powf(-0.5);
-        let scores = qg.matmul(&k_all.t()?)?;
-        let probs = match mask {
-            // The mask is added after scaling, as in the reference.
-            Some(m) => {
-                let s = (scores.to_dtype(DType::F32)? * scale)?
-                    .reshape((b, kvh, rep, l, total))?
-                    .broadcast_add(m)?
-                    .reshape((b, kvh, rep * l, total))?;
-                softmax_scaled(&s, 1.0)?.to_dtype(x.dtype())?
-            }
-            None => softmax_scaled(&scores, scale)?,
+        // Unpadded prompts (the usual case) take the fused CPU kernel with a causal rule; padded
+        // batches and single-token steps use the masked tensor path.
+        let fused = if l > 1 && !padded {
+            crate::model::ops::attention(
+                &qg.reshape((b * kvh, rep * l, hd))?,
+                &k_all.contiguous()?.reshape((b * kvh, total, hd))?,
+                &v_all.contiguous()?.reshape((b * kvh, total, hd))?,
+                scale,
+                Some((past, l)),
+            )?
+        } else {
+            None
         };
-        let o = probs.matmul(&v_all)?; // [b, kvh, rep·L, d]
+        let o = match fused {
+            Some(o) => o.reshape((b, kvh, rep * l, hd))?,
+            None => {
+                let scores = qg.matmul(&k_all.t()?)?;
+                let probs = match mask {
+                    // The mask is added after scaling, as in the reference.
+                    Some(m) => {
+                        let s = (scores.to_dtype(DType::F32)? * scale)?
+                            .reshape((b, kvh, rep, l, total))?
+                            .broadcast_add(m)?
+                            .reshape((b, kvh, rep * l, total))?;
+                        softmax_scaled(&s, 1.0)?.to_dtype(x.dtype())?
+                    }
+                    None => softmax_scaled(&scores, scale)?,
+                };
+                probs.matmul(&v_all)? // [b, kvh, rep·L, d]
+            }
+        };
         let o = o
             .reshape((b, nh, l, hd))?
             .transpose(1, 2)?

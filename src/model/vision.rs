@@ -178,8 +178,17 @@ impl Attention {
         let k = split(self.k.forward(x, lora)?)?;
         let v = split(self.v.forward(x, lora)?)?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let probs = super::ops::softmax_scaled(&q.matmul(&k.t()?)?, scale)?;
-        let o = probs.matmul(&v)?;
+        let (h, hd) = (self.heads, self.head_dim);
+        let o = match super::ops::attention(
+            &q.reshape((n * h, l, hd))?,
+            &k.reshape((n * h, l, hd))?,
+            &v.reshape((n * h, l, hd))?,
+            scale,
+            None,
+        )? {
+            Some(o) => o.reshape((n, h, l, hd))?,
+            None => super::ops::softmax_scaled(&q.matmul(&k.t()?)?, scale)?.matmul(&v)?,
+        };
         let o = o
             .transpose(1, 2)?
             .reshape((n, l, self.heads * self.head_dim))?;
