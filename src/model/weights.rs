@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -13,6 +14,7 @@ use crate::error::{Error, Result};
 /// One mapped safetensors file with its parsed header.
 struct Shard {
     path: PathBuf,
+    file: File,
     map: Mmap,
     header_len: usize,
     tensors: HashMap<String, TensorInfo>,
@@ -83,6 +85,7 @@ impl Weights {
             }
             shards.push(Shard {
                 path: path.clone(),
+                file,
                 map,
                 header_len,
                 tensors,
@@ -201,12 +204,23 @@ impl Weights {
             )
         })?;
         let start = 8 + shard.header_len + info.data_offsets.0;
-        let end = 8 + shard.header_len + info.data_offsets.1;
-        let bytes = shard.map.get(start..end).ok_or_else(|| {
-            Error::format(&shard.path, format!("tensor {name} lies outside the file"))
-        })?;
-        let t = Tensor::from_raw_buffer(bytes, src, &info.shape, &Device::Cpu)
+        let len = info.data_offsets.1 - info.data_offsets.0;
+        if start + len > shard.map.len() {
+            return Err(Error::format(
+                &shard.path,
+                format!("tensor {name} lies outside the file"),
+            ));
+        }
+        // Read instead of touching the mapping: mapped pages would count in the resident set
+        // on top of the converted copy (peak RSS ≈ 2× the weights).
+        let mut bytes = vec![0u8; len];
+        shard
+            .file
+            .read_exact_at(&mut bytes, start as u64)
+            .map_err(|e| Error::io(&shard.path, e))?;
+        let t = Tensor::from_raw_buffer(&bytes, src, &info.shape, &Device::Cpu)
             .map_err(|e| Error::format(&shard.path, format!("tensor {name}: {e}")))?;
+        drop(bytes);
         let t = if src == dtype { t } else { t.to_dtype(dtype)? };
         Ok(t.to_device(&self.device)?)
     }
