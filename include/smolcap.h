@@ -43,6 +43,18 @@
 #define SMOLCAP_LOG_DEBUG 4
 
 /**
+ * `suite` of `smolcap_score_captions`: the seed's eval script (HF evaluate BLEU and METEOR,
+ * rouge_score ROUGE-L, pycocoevalcap CIDEr on whitespace-normalised strings).
+ */
+#define SMOLCAP_SUITE_SEED 0
+
+/**
+ * `suite` of `smolcap_score_captions`: pycocoevalcap's COCOEvalCap on PTB-tokenized captions
+ * (METEOR is NLTK's on the PTB tokens, not the Meteor 1.5 jar).
+ */
+#define SMOLCAP_SUITE_COCO 1
+
+/**
  * `smolcap_load_params.dtype`: f32 on CPU (the checkpoint's dtype is not used yet).
  */
 #define SMOLCAP_DTYPE_DEFAULT 0
@@ -152,6 +164,13 @@
 #define SMOLCAP_ABI_VERSION 0
 
 /**
+ * A PEFT LoRA adapter loaded for one model: immutable, usable from many threads at once
+ * through `const smolcap_adapter*`. Sessions that activate it keep their own reference, so it
+ * may be freed right after `smolcap_session_set_adapters`.
+ */
+typedef struct smolcap_adapter smolcap_adapter;
+
+/**
  * The captions of one call, in image order. Strings and token arrays stay valid until
  * `smolcap_captions_free`. Immutable: may be read from several threads at once.
  */
@@ -162,6 +181,12 @@ typedef struct smolcap_captions smolcap_captions;
  * Sessions keep what they need alive, so the model may be freed before its sessions.
  */
 typedef struct smolcap_model smolcap_model;
+
+/**
+ * Corpus and per-image scores of one `smolcap_score_captions` call. Immutable: may be read
+ * from several threads at once. Metric names stay valid until `smolcap_scores_free`.
+ */
+typedef struct smolcap_scores smolcap_scores;
 
 /**
  * A captioning context over a model: used by one thread at a time (concurrent use returns
@@ -181,6 +206,116 @@ typedef struct smolcap_stream smolcap_stream;
  * `SMOLCAP_STATUS_*` error codes. The numbers are fixed and never reused.
  */
 typedef int32_t smolcap_status;
+
+/**
+ * Facts about a loaded adapter. Set `struct_size = sizeof(smolcap_adapter_info)` before
+ * calling `smolcap_adapter_get_info`. The string belongs to the adapter and stays valid until
+ * `smolcap_adapter_free`.
+ */
+typedef struct smolcap_adapter_info {
+  /**
+   * `sizeof(smolcap_adapter_info)` as compiled by the caller (left unchanged).
+   */
+  uint32_t struct_size;
+  /**
+   * Default rank `r` of `adapter_config.json` (`rank_pattern` may override it per module).
+   */
+  uint32_t rank;
+  /**
+   * Default `lora_alpha` (`alpha_pattern` may override it per module).
+   */
+  double alpha;
+  /**
+   * Modules with LoRA factors.
+   */
+  uint32_t num_lora_modules;
+  /**
+   * Of those, modules in the vision tower.
+   */
+  uint32_t num_vision_modules;
+  /**
+   * 1 when the adapter stores whole modules (`modules_to_save`), else 0.
+   */
+  uint32_t has_modules_to_save;
+  /**
+   * 1 when the adapter scales by alpha/sqrt(r) (rsLoRA), else 0.
+   */
+  uint32_t use_rslora;
+  /**
+   * The directory it was loaded from.
+   */
+  const char *dir;
+} smolcap_adapter_info;
+
+/**
+ * Settings of `smolcap_merge_save`. Initialise with `smolcap_merge_params_init(&p, sizeof p)`;
+ * NULL params mean defaults.
+ */
+typedef struct smolcap_merge_params {
+  /**
+   * `sizeof(smolcap_merge_params)` as compiled by the caller.
+   */
+  uint32_t struct_size;
+  /**
+   * 1 = replace a non-empty output directory, 0 = fail (default 0).
+   */
+  uint32_t overwrite;
+  /**
+   * Largest safetensors file written; above it the weights are sharded with an index
+   * (default 5 GiB; at least 1).
+   */
+  uint64_t max_shard_bytes;
+  /**
+   * Hub revision when the base is a repo id; NULL = "main". Borrowed for the call.
+   */
+  const char *revision;
+} smolcap_merge_params;
+
+/**
+ * One adapter of `smolcap_merge_save`: a PEFT adapter directory and its multiplier.
+ */
+typedef struct smolcap_adapter_spec {
+  /**
+   * The adapter directory (UTF-8, NUL-terminated).
+   */
+  const char *dir;
+  /**
+   * Multiplier of its update (1.0 = as trained); must be finite.
+   */
+  float scale;
+} smolcap_adapter_spec;
+
+/**
+ * What `smolcap_merge_save` did. Set `struct_size = sizeof(smolcap_merge_report)` before the
+ * call.
+ */
+typedef struct smolcap_merge_report {
+  /**
+   * `sizeof(smolcap_merge_report)` as compiled by the caller (left unchanged).
+   */
+  uint32_t struct_size;
+  /**
+   * Modules that received a LoRA update.
+   */
+  uint64_t merged_modules;
+  /**
+   * Modules replaced whole (`modules_to_save`).
+   */
+  uint64_t replaced_modules;
+  /**
+   * Tensors written.
+   */
+  uint64_t tensors;
+  /**
+   * Safetensors files written.
+   */
+  uint64_t shards;
+  /**
+   * Warnings (e.g. an adapter trained on a 4-bit base); each is also logged at
+   * `SMOLCAP_LOG_WARN`.
+   */
+  uint64_t warnings;
+} smolcap_merge_report;
 
 /**
  * Receives log messages: `level` is a `SMOLCAP_LOG_*` value, `message` a NUL-terminated UTF-8
@@ -548,6 +683,84 @@ extern "C" {
 #endif // __cplusplus
 
 /**
+ * Loads a PEFT LoRA adapter directory (`adapter_config.json` + `adapter_model.safetensors`)
+ * for `model`: every tensor is checked against the model (an unknown module, a wrong shape or
+ * rank is `SMOLCAP_STATUS_FORMAT` naming the key). On success `*out` receives a new adapter;
+ * free it with `smolcap_adapter_free`. It can be activated only on sessions of `model`.
+ *
+ * # Safety
+ * `model` NULL or a live model; `dir` NULL or NUL-terminated; `out` NULL or writable.
+ */
+smolcap_status smolcap_adapter_load(const struct smolcap_model *model,
+                                    const char *dir,
+                                    struct smolcap_adapter **out);
+
+/**
+ * Describes an adapter. `out->struct_size` must be set by the caller; only the fields that fit
+ * are written.
+ *
+ * # Safety
+ * `adapter` NULL or a live adapter; `out` NULL or `out->struct_size` writable bytes.
+ */
+smolcap_status smolcap_adapter_get_info(const struct smolcap_adapter *adapter,
+                                        struct smolcap_adapter_info *out);
+
+/**
+ * Frees an adapter; NULL is a no-op. Sessions that activated it keep using it (they hold their
+ * own reference). Must not race with other calls on this handle.
+ *
+ * # Safety
+ * `adapter` must be NULL or a live adapter not used by another thread during this call.
+ */
+void smolcap_adapter_free(struct smolcap_adapter *adapter);
+
+/**
+ * Sets the LoRA adapters every later caption, score and stream of `session` applies
+ * (unmerged), `adapters[i]` with multiplier `scales[i]` (`scales` NULL = all 1.0). `n` = 0
+ * clears them (the base model again). The adapters must have been loaded for the session's
+ * model; the session keeps its own references, so the caller may free them afterwards. Fails
+ * with `SMOLCAP_STATUS_BUSY` while a call or stream of the session is in progress; on failure
+ * the previous set stays active.
+ *
+ * # Safety
+ * `session` NULL or live; `adapters` NULL or `n` pointers (each NULL or a live adapter);
+ * `scales` NULL or `n` floats.
+ */
+smolcap_status smolcap_session_set_adapters(struct smolcap_session *session,
+                                            const struct smolcap_adapter *const *adapters,
+                                            const float *scales,
+                                            size_t n);
+
+/**
+ * Fills `params` with defaults. Pass `sizeof(smolcap_merge_params)` as `struct_size`.
+ *
+ * # Safety
+ * `params` must be NULL or point to `struct_size` writable bytes.
+ */
+smolcap_status smolcap_merge_params_init(struct smolcap_merge_params *params,
+                                         size_t struct_size);
+
+/**
+ * Merges `n` (at least 1) adapters into the checkpoint `base_model_dir_or_repo` (a local model
+ * directory or a hub repo id) and writes a complete model directory to `out_dir`, loadable by
+ * `smolcap_model_load` and transformers: `W' = W + sum scale * (alpha/r) * B A` in f32, stored
+ * in the checkpoint's dtype. Works on the files (no loaded model needed). The output is written
+ * atomically; an existing non-empty `out_dir` is an error unless `params->overwrite`.
+ * `out` (may be NULL) receives what was done (`out->struct_size` set by the caller).
+ *
+ * # Safety
+ * `base_model_dir_or_repo` and `out_dir` NULL or NUL-terminated; `specs` NULL or `n` specs
+ * whose `dir` strings are NULL or NUL-terminated; `params` NULL or valid; `out` NULL or
+ * `out->struct_size` writable bytes.
+ */
+smolcap_status smolcap_merge_save(const char *base_model_dir_or_repo,
+                                  const struct smolcap_adapter_spec *specs,
+                                  size_t n,
+                                  const char *out_dir,
+                                  const struct smolcap_merge_params *params,
+                                  struct smolcap_merge_report *out);
+
+/**
  * Number of handles (models, sessions, captions, streams, ...) returned and not yet freed, in
  * the whole process. For tests and leak hunting: a host that freed everything sees 0.
  */
@@ -561,6 +774,82 @@ size_t smolcap_debug_live_objects(void);
 smolcap_status smolcap_set_log_callback(smolcap_log_callback callback,
                                         void *user,
                                         uint32_t max_level);
+
+/**
+ * Scores `n_cands` candidate captions against their references: candidate `i` has the
+ * references `refs[ref_offsets[i] .. ref_offsets[i + 1]]` (CSR: `ref_offsets` has
+ * `n_cands + 1` non-decreasing entries, `ref_offsets[0]` = 0, the last = the number of
+ * references, each image at least one). `suite` is a `SMOLCAP_SUITE_*` value. All strings are
+ * UTF-8 and borrowed for the call. On success `*out` receives the scores; free them with
+ * `smolcap_scores_free`. Scores are fractions (BLEU 0.157, not 15.7).
+ *
+ * # Safety
+ * `cands` NULL or `n_cands` pointers; `ref_offsets` NULL or `n_cands + 1` values; `refs` NULL
+ * or `ref_offsets[n_cands]` pointers; every string pointer NULL or NUL-terminated; `out` NULL
+ * or writable.
+ */
+smolcap_status smolcap_score_captions(const char *const *cands,
+                                      size_t n_cands,
+                                      const char *const *refs,
+                                      const size_t *ref_offsets,
+                                      uint32_t suite,
+                                      struct smolcap_scores **out);
+
+/**
+ * Number of images scored (0 for NULL).
+ *
+ * # Safety
+ * `scores` must be NULL or a live scores object.
+ */
+size_t smolcap_scores_count(const struct smolcap_scores *scores);
+
+/**
+ * Number of metrics (7: BLEU-1..4, METEOR, ROUGE-L, CIDEr; 0 for NULL).
+ *
+ * # Safety
+ * `scores` must be NULL or a live scores object.
+ */
+size_t smolcap_scores_metric_count(const struct smolcap_scores *scores);
+
+/**
+ * The name of metric `index` ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L",
+ * "CIDEr", in that order): `*name` receives a NUL-terminated string owned by `scores`.
+ *
+ * # Safety
+ * `scores` NULL or live; `name` NULL or writable.
+ */
+smolcap_status smolcap_scores_metric_name(const struct smolcap_scores *scores,
+                                          size_t index,
+                                          const char **name);
+
+/**
+ * The corpus-level score of `metric` (a name from `smolcap_scores_metric_name`).
+ *
+ * # Safety
+ * `scores` NULL or live; `metric` NULL or NUL-terminated; `out` NULL or writable.
+ */
+smolcap_status smolcap_scores_corpus(const struct smolcap_scores *scores,
+                                     const char *metric,
+                                     double *out);
+
+/**
+ * The score of `metric` for image `image` (its position in the `cands` array).
+ *
+ * # Safety
+ * `scores` NULL or live; `metric` NULL or NUL-terminated; `out` NULL or writable.
+ */
+smolcap_status smolcap_scores_image(const struct smolcap_scores *scores,
+                                    size_t image,
+                                    const char *metric,
+                                    double *out);
+
+/**
+ * Frees a scores object; NULL is a no-op.
+ *
+ * # Safety
+ * `scores` must be NULL or a live scores object.
+ */
+void smolcap_scores_free(struct smolcap_scores *scores);
 
 /**
  * Fills `params` with defaults. Pass `sizeof(smolcap_load_params)` as `struct_size`.

@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use common::{cases, fixture, ids};
+use smolcap::ffi::adapter::*;
 use smolcap::ffi::handles::smolcap_debug_live_objects;
 use smolcap::ffi::log::*;
+use smolcap::ffi::metrics::*;
 use smolcap::ffi::model::*;
 use smolcap::ffi::session::*;
 use smolcap::ffi::status::*;
@@ -1294,4 +1296,680 @@ fn load_and_free() -> usize {
     // SAFETY: valid handle.
     unsafe { smolcap_model_free(m) };
     smolcap_debug_live_objects()
+}
+
+// ---- adapters (issue 4) ----
+
+fn adapter_dir(name: &str) -> CString {
+    cstr(fixture(&format!("adapters/{name}")).to_str().unwrap())
+}
+
+fn load_adapter(m: *const smolcap_model, name: &str) -> *mut smolcap_adapter {
+    let mut a = null_mut();
+    // SAFETY: valid arguments.
+    ok(unsafe { smolcap_adapter_load(m, adapter_dir(name).as_ptr(), &mut a) });
+    a
+}
+
+/// `greedy.token_ids` of one adapter in expected/adapters/cases.json.
+fn adapter_tokens(name: &str) -> Vec<u32> {
+    let c = cases("adapters");
+    if name == "combination" {
+        return ids(&c["combination"]["greedy"]["token_ids"]);
+    }
+    let a = c["adapters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == name)
+        .unwrap();
+    ids(&a["greedy"]["token_ids"])
+}
+
+fn adapter_info(a: *const smolcap_adapter) -> smolcap_adapter_info {
+    let mut i = MaybeUninit::<smolcap_adapter_info>::zeroed();
+    // SAFETY: zeroed is a valid bit pattern; struct_size set before the call.
+    unsafe {
+        (*i.as_mut_ptr()).struct_size = size_of::<smolcap_adapter_info>() as u32;
+        ok(smolcap_adapter_get_info(a, i.as_mut_ptr()));
+        i.assume_init()
+    }
+}
+
+fn set_adapters(
+    s: *mut smolcap_session,
+    list: &[*const smolcap_adapter],
+    scales: Option<&[f32]>,
+) -> smolcap_status {
+    // SAFETY: valid arrays of list.len() elements.
+    unsafe {
+        smolcap_session_set_adapters(
+            s,
+            if list.is_empty() {
+                null()
+            } else {
+                list.as_ptr()
+            },
+            scales.map_or(null(), <[f32]>::as_ptr),
+            list.len(),
+        )
+    }
+}
+
+fn greedy_tokens(s: *mut smolcap_session, img: &smolcap_image) -> Vec<u32> {
+    let p = gparams();
+    let (st, c) = caption(s, std::slice::from_ref(img), Some(&p));
+    ok(st);
+    let t = tokens(c, 0);
+    // SAFETY: valid handle.
+    unsafe { smolcap_captions_free(c) };
+    t
+}
+
+#[test]
+fn adapters_load_info_errors() {
+    let _g = serial();
+    let _live = LiveCheck::new();
+    let m = load();
+    let dir = adapter_dir("text_r4_a8");
+    let sentinel = std::ptr::dangling_mut::<smolcap_adapter>();
+    let mut a = sentinel;
+    // SAFETY: each call has at most one invalid argument, which the library rejects.
+    unsafe {
+        let st = smolcap_adapter_load(null(), dir.as_ptr(), &mut a);
+        expect(
+            st,
+            SMOLCAP_STATUS_INVALID_ARGUMENT,
+            &["smolcap_adapter_load", "model is NULL"],
+        );
+        let st = smolcap_adapter_load(m, null(), &mut a);
+        expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &["dir is NULL"]);
+        let st = smolcap_adapter_load(m, bad_utf8(), &mut a);
+        expect(st, SMOLCAP_STATUS_UTF8, &["dir", "UTF-8"]);
+        let st = smolcap_adapter_load(m, c"".as_ptr(), &mut a);
+        expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &["dir is empty"]);
+        let st = smolcap_adapter_load(m, dir.as_ptr(), null_mut());
+        expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &["out is NULL"]);
+        let st = smolcap_adapter_load(m, c"/no/such/adapter".as_ptr(), &mut a);
+        expect(st, SMOLCAP_STATUS_IO, &["/no/such/adapter"]);
+        // A model directory is not an adapter directory.
+        let st = smolcap_adapter_load(m, model_dir().as_ptr(), &mut a);
+        assert_ne!(st, SMOLCAP_STATUS_OK);
+        assert!(last().contains("smolcap_adapter_load"), "{}", last());
+        assert_eq!(a, sentinel, "out written on failure");
+    }
+    let a = load_adapter(m, "text_r4_a8");
+    let i = adapter_info(a);
+    assert_eq!((i.rank, i.alpha), (4, 8.0));
+    assert_eq!((i.num_lora_modules, i.num_vision_modules), (14, 0));
+    assert_eq!((i.has_modules_to_save, i.use_rslora), (0, 0));
+    // SAFETY: NUL-terminated string owned by the adapter.
+    let d = unsafe { CStr::from_ptr(i.dir) }.to_str().unwrap();
+    assert!(d.ends_with("adapters/text_r4_a8"), "{d}");
+    let c = cases("adapters");
+    let seed = &c["adapters"].as_array().unwrap()[1];
+    assert_eq!(seed["name"], "seed_style_r2_a5");
+    let b = load_adapter(m, "seed_style_r2_a5");
+    let i = adapter_info(b);
+    assert_eq!(
+        i.num_lora_modules as u64,
+        seed["num_lora_modules"].as_u64().unwrap()
+    );
+    assert_eq!(
+        i.num_vision_modules as usize,
+        seed["vision_lora_modules"].as_array().unwrap().len()
+    );
+    assert!(i.num_vision_modules > 0);
+    let cs = load_adapter(m, "connector_save");
+    assert_eq!(adapter_info(cs).has_modules_to_save, 1);
+    let rs = load_adapter(m, "rslora_r4_a6");
+    assert_eq!(adapter_info(rs).use_rslora, 1);
+    // struct_size: too small is rejected; larger leaves the tail alone.
+    let mut big = vec![0xAAu8; size_of::<smolcap_adapter_info>() + 32];
+    // SAFETY: the buffer has the announced size; unaligned-safe writes are used by the library.
+    unsafe {
+        std::ptr::write_unaligned(big.as_mut_ptr().cast::<u32>(), 2);
+        let st = smolcap_adapter_get_info(a, big.as_mut_ptr().cast());
+        expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &["struct_size is 2"]);
+        std::ptr::write_unaligned(big.as_mut_ptr().cast::<u32>(), big.len() as u32);
+        ok(smolcap_adapter_get_info(a, big.as_mut_ptr().cast()));
+        assert!(big[size_of::<smolcap_adapter_info>()..]
+            .iter()
+            .all(|&x| x == 0xAA));
+        let st = smolcap_adapter_get_info(null(), big.as_mut_ptr().cast());
+        expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &["adapter is NULL"]);
+        let st = smolcap_adapter_get_info(a, null_mut());
+        expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &["out is NULL"]);
+        smolcap_adapter_free(null_mut());
+        smolcap_adapter_free(a);
+        smolcap_adapter_free(b);
+        smolcap_adapter_free(cs);
+        smolcap_adapter_free(rs);
+        smolcap_model_free(m);
+    }
+}
+
+#[test]
+fn adapters_on_sessions() {
+    let _g = serial();
+    let _live = LiveCheck::new();
+    let m = load();
+    let m2 = load();
+    let s = session(m);
+    let png = file("photo_640x480.png");
+    let img = encoded(&png);
+    let base = greedy_tokens(s, &img);
+    assert_eq!(base, ids(&cases("adapters")["base"]["greedy_token_ids"]));
+    let a = load_adapter(m, "text_r4_a8");
+    let b = load_adapter(m, "text_r2_a3_b");
+    let other = load_adapter(m2, "text_r4_a8");
+
+    // Argument errors leave the active set alone.
+    let st = set_adapters(null_mut(), &[a], None);
+    expect(
+        st,
+        SMOLCAP_STATUS_INVALID_ARGUMENT,
+        &["smolcap_session_set_adapters", "session is NULL"],
+    );
+    // SAFETY: NULL array with n > 0 is rejected.
+    let st = unsafe { smolcap_session_set_adapters(s, null(), null(), 2) };
+    expect(
+        st,
+        SMOLCAP_STATUS_INVALID_ARGUMENT,
+        &["adapters is NULL but its count is 2"],
+    );
+    let st = set_adapters(s, &[a, null()], None);
+    expect(
+        st,
+        SMOLCAP_STATUS_INVALID_ARGUMENT,
+        &["adapters[1] is NULL"],
+    );
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let st = set_adapters(s, &[a, b], Some(&[1.0, bad]));
+        expect(
+            st,
+            SMOLCAP_STATUS_INVALID_ARGUMENT,
+            &["scales[1]", "finite"],
+        );
+    }
+    let st = set_adapters(s, &[a, other], None);
+    expect(
+        st,
+        SMOLCAP_STATUS_INVALID_ARGUMENT,
+        &["adapters[1]", "different model"],
+    );
+    assert_eq!(
+        greedy_tokens(s, &img),
+        base,
+        "a failed set changed the session"
+    );
+
+    // Two adapters at once; the handles may be freed right away.
+    ok(set_adapters(s, &[a, b], Some(&[1.0, 0.5])));
+    // SAFETY: valid handles; the session holds its own references.
+    unsafe {
+        smolcap_adapter_free(a);
+        smolcap_adapter_free(b);
+    }
+    assert_eq!(greedy_tokens(s, &img), adapter_tokens("combination"));
+    // Scores and streams use them too.
+    let mut with = smolcap_nll::default();
+    // SAFETY: valid arguments.
+    ok(unsafe { smolcap_session_score(s, &img, c"a photo".as_ptr(), null(), &mut with) });
+    let p = gparams();
+    let mut stream = null_mut();
+    // SAFETY: valid arguments.
+    ok(unsafe { smolcap_stream_begin(s, &img, &p, &mut stream) });
+    // BUSY while the stream runs (or until it is drained).
+    let st = set_adapters(s, &[], None);
+    assert!(st == SMOLCAP_STATUS_BUSY || st == SMOLCAP_STATUS_OK, "{st}");
+    if st == SMOLCAP_STATUS_BUSY {
+        assert!(last().contains("in use"), "{}", last());
+        let (rc, _) = drain(stream);
+        ok(rc);
+        let mut r = null_mut();
+        // SAFETY: valid arguments.
+        ok(unsafe { smolcap_stream_result(stream, &mut r) });
+        assert_eq!(tokens(r, 0), adapter_tokens("combination"));
+        // SAFETY: valid handles.
+        unsafe { smolcap_captions_free(r) };
+        ok(set_adapters(s, &[], None));
+    }
+    // SAFETY: valid handle.
+    unsafe { smolcap_stream_free(stream) };
+
+    // n = 0 restores the base model.
+    assert_eq!(greedy_tokens(s, &img), base);
+    let mut without = smolcap_nll::default();
+    // SAFETY: valid arguments.
+    ok(unsafe { smolcap_session_score(s, &img, c"a photo".as_ptr(), null(), &mut without) });
+    assert_ne!(with.total, without.total);
+
+    // One adapter, default scale; another session of the same model is unaffected.
+    let seed = load_adapter(m, "seed_style_r2_a5");
+    ok(set_adapters(s, &[seed], None));
+    let s2 = session(m);
+    assert_eq!(greedy_tokens(s, &img), adapter_tokens("seed_style_r2_a5"));
+    assert_eq!(greedy_tokens(s2, &img), base);
+    // The session keeps the weights alive after the model and adapter are freed.
+    // SAFETY: valid handles.
+    unsafe {
+        smolcap_adapter_free(seed);
+        smolcap_adapter_free(other);
+        smolcap_model_free(m);
+        smolcap_model_free(m2);
+    }
+    assert_eq!(greedy_tokens(s, &img), adapter_tokens("seed_style_r2_a5"));
+    // SAFETY: valid handles.
+    unsafe {
+        smolcap_session_free(s);
+        smolcap_session_free(s2);
+    }
+}
+
+fn merge_params() -> smolcap_merge_params {
+    let mut p = MaybeUninit::<smolcap_merge_params>::uninit();
+    // SAFETY: init writes the whole struct.
+    ok(unsafe { smolcap_merge_params_init(p.as_mut_ptr(), size_of::<smolcap_merge_params>()) });
+    // SAFETY: initialised above.
+    unsafe { p.assume_init() }
+}
+
+fn report() -> smolcap_merge_report {
+    // SAFETY: all-zero is valid for the integer fields.
+    let mut r: smolcap_merge_report = unsafe { MaybeUninit::zeroed().assume_init() };
+    r.struct_size = size_of::<smolcap_merge_report>() as u32;
+    r
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("smolcap-ffi-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn merge_save_contract() {
+    let _g = serial();
+    let _live = LiveCheck::new();
+    let base = model_dir();
+    let seed_dir = adapter_dir("seed_style_r2_a5");
+    let out = temp_dir("merge");
+    let out_c = cstr(out.to_str().unwrap());
+    let spec = [smolcap_adapter_spec {
+        dir: seed_dir.as_ptr(),
+        scale: 1.0,
+    }];
+    let p = merge_params();
+    assert_eq!(p.overwrite, 0);
+    assert_eq!(p.max_shard_bytes, 5 << 30);
+    assert!(p.revision.is_null());
+    let mut r = report();
+    let merge = |base: *const c_char,
+                 specs: *const smolcap_adapter_spec,
+                 n: usize,
+                 out: *const c_char,
+                 p: *const smolcap_merge_params,
+                 r: *mut smolcap_merge_report| {
+        // SAFETY: the test passes valid pointers or NULL (rejected).
+        unsafe { smolcap_merge_save(base, specs, n, out, p, r) }
+    };
+    let st = merge(null(), spec.as_ptr(), 1, out_c.as_ptr(), &p, &mut r);
+    expect(
+        st,
+        SMOLCAP_STATUS_INVALID_ARGUMENT,
+        &["smolcap_merge_save", "base_model_dir_or_repo is NULL"],
+    );
+    let st = merge(bad_utf8(), spec.as_ptr(), 1, out_c.as_ptr(), &p, &mut r);
+    expect(st, SMOLCAP_STATUS_UTF8, &["base_model_dir_or_repo"]);
+    let st = merge(base.as_ptr(), spec.as_ptr(), 0, out_c.as_ptr(), &p, &mut r);
+    expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &["n is 0"]);
+    let st = merge(base.as_ptr(), null(), 1, out_c.as_ptr(), &p, &mut r);
+    expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &["specs is NULL"]);
+    let st = merge(base.as_ptr(), spec.as_ptr(), 1, null(), &p, &mut r);
+    expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &["out_dir is NULL"]);
+    let bad = [
+        spec[0],
+        smolcap_adapter_spec {
+            dir: bad_utf8(),
+            scale: 1.0,
+        },
+    ];
+    let st = merge(base.as_ptr(), bad.as_ptr(), 2, out_c.as_ptr(), &p, &mut r);
+    expect(st, SMOLCAP_STATUS_UTF8, &["specs[1].dir"]);
+    let bad = [
+        spec[0],
+        smolcap_adapter_spec {
+            dir: null(),
+            scale: 1.0,
+        },
+    ];
+    let st = merge(base.as_ptr(), bad.as_ptr(), 2, out_c.as_ptr(), &p, &mut r);
+    expect(
+        st,
+        SMOLCAP_STATUS_INVALID_ARGUMENT,
+        &["specs[1].dir is NULL"],
+    );
+    let nan = [smolcap_adapter_spec {
+        dir: seed_dir.as_ptr(),
+        scale: f32::NAN,
+    }];
+    let st = merge(base.as_ptr(), nan.as_ptr(), 1, out_c.as_ptr(), &p, &mut r);
+    expect(
+        st,
+        SMOLCAP_STATUS_INVALID_ARGUMENT,
+        &["specs[0].scale", "finite"],
+    );
+    let missing = [smolcap_adapter_spec {
+        dir: c"/no/such/adapter".as_ptr(),
+        scale: 1.0,
+    }];
+    let st = merge(
+        base.as_ptr(),
+        missing.as_ptr(),
+        1,
+        out_c.as_ptr(),
+        &p,
+        &mut r,
+    );
+    expect(st, SMOLCAP_STATUS_IO, &["specs[0].dir", "/no/such/adapter"]);
+    let mut q = p;
+    q.overwrite = 2;
+    let st = merge(base.as_ptr(), spec.as_ptr(), 1, out_c.as_ptr(), &q, &mut r);
+    expect(
+        st,
+        SMOLCAP_STATUS_INVALID_ARGUMENT,
+        &["params.overwrite is 2"],
+    );
+    let mut q = p;
+    q.max_shard_bytes = 0;
+    let st = merge(base.as_ptr(), spec.as_ptr(), 1, out_c.as_ptr(), &q, &mut r);
+    expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &["max_shard_bytes"]);
+    let mut q = p;
+    q.struct_size = 4;
+    let st = merge(base.as_ptr(), spec.as_ptr(), 1, out_c.as_ptr(), &q, &mut r);
+    expect(
+        st,
+        SMOLCAP_STATUS_INVALID_ARGUMENT,
+        &["smolcap_merge_params.struct_size is 4"],
+    );
+    let mut small = report();
+    small.struct_size = 8;
+    let st = merge(
+        base.as_ptr(),
+        spec.as_ptr(),
+        1,
+        out_c.as_ptr(),
+        &p,
+        &mut small,
+    );
+    expect(
+        st,
+        SMOLCAP_STATUS_INVALID_ARGUMENT,
+        &["out.struct_size is 8"],
+    );
+    let st = merge(
+        c"/no/such/base".as_ptr(),
+        spec.as_ptr(),
+        1,
+        out_c.as_ptr(),
+        &p,
+        &mut r,
+    );
+    expect(st, SMOLCAP_STATUS_IO, &["/no/such/base"]);
+    assert!(!out.exists(), "failed merges wrote {}", out.display());
+    assert_eq!(r.tensors, 0, "report written on failure");
+
+    // Success (NULL params = defaults); a larger params struct (newer header) is accepted.
+    let st = merge(
+        base.as_ptr(),
+        spec.as_ptr(),
+        1,
+        out_c.as_ptr(),
+        null(),
+        &mut r,
+    );
+    ok(st);
+    let c = cases("adapters");
+    let seed = &c["adapters"].as_array().unwrap()[1];
+    assert_eq!(r.merged_modules, seed["num_lora_modules"].as_u64().unwrap());
+    assert_eq!((r.replaced_modules, r.shards, r.warnings), (0, 1, 0));
+    assert!(r.tensors > r.merged_modules);
+    // A non-empty output directory needs overwrite.
+    let st = merge(
+        base.as_ptr(),
+        spec.as_ptr(),
+        1,
+        out_c.as_ptr(),
+        &p,
+        null_mut(),
+    );
+    expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &["not empty"]);
+    let mut big = vec![0u8; size_of::<smolcap_merge_params>() + 16];
+    // SAFETY: the buffer has the announced size.
+    unsafe {
+        ok(smolcap_merge_params_init(
+            big.as_mut_ptr().cast(),
+            big.len(),
+        ));
+        let mut q: smolcap_merge_params = std::ptr::read_unaligned(big.as_ptr().cast());
+        q.overwrite = 1;
+        std::ptr::write_unaligned(big.as_mut_ptr().cast(), q);
+    }
+    let st = merge(
+        base.as_ptr(),
+        spec.as_ptr(),
+        1,
+        out_c.as_ptr(),
+        big.as_ptr().cast(),
+        null_mut(),
+    );
+    ok(st);
+
+    // The merged model captions like the unmerged adapter.
+    let mut m = null_mut();
+    // SAFETY: valid arguments.
+    ok(unsafe { smolcap_model_load(out_c.as_ptr(), null(), &mut m) });
+    let s = session(m);
+    let png = file("photo_640x480.png");
+    assert_eq!(
+        greedy_tokens(s, &encoded(&png)),
+        adapter_tokens("seed_style_r2_a5")
+    );
+    // SAFETY: valid handles.
+    unsafe {
+        smolcap_session_free(s);
+        smolcap_model_free(m);
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+// ---- metrics (issue 6) ----
+
+fn score(
+    cands: &[*const c_char],
+    refs: &[*const c_char],
+    offsets: &[usize],
+    suite: u32,
+) -> (smolcap_status, *mut smolcap_scores) {
+    let mut out = null_mut();
+    // SAFETY: arrays as long as the test says (cands.len(), offsets[n], n + 1).
+    let st = unsafe {
+        smolcap_score_captions(
+            if cands.is_empty() {
+                null()
+            } else {
+                cands.as_ptr()
+            },
+            cands.len(),
+            if refs.is_empty() {
+                null()
+            } else {
+                refs.as_ptr()
+            },
+            if offsets.is_empty() {
+                null()
+            } else {
+                offsets.as_ptr()
+            },
+            suite,
+            &mut out,
+        )
+    };
+    (st, out)
+}
+
+#[test]
+fn score_captions_contract() {
+    let _g = serial();
+    let _live = LiveCheck::new();
+    let text = std::fs::read_to_string(fixture("metrics/realistic_input.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cands: Vec<String> = v["cands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect();
+    let refs: Vec<Vec<String>> = v["refs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect();
+    let cc: Vec<CString> = cands.iter().map(|c| cstr(c)).collect();
+    let rc: Vec<CString> = refs.iter().flatten().map(|c| cstr(c)).collect();
+    let cp: Vec<*const c_char> = cc.iter().map(|c| c.as_ptr()).collect();
+    let rp: Vec<*const c_char> = rc.iter().map(|c| c.as_ptr()).collect();
+    let mut offsets = vec![0usize];
+    for r in &refs {
+        offsets.push(offsets.last().unwrap() + r.len());
+    }
+    for (suite, rs) in [
+        (SMOLCAP_SUITE_SEED, smolcap::metrics::Suite::Seed),
+        (SMOLCAP_SUITE_COCO, smolcap::metrics::Suite::Coco),
+    ] {
+        let want = smolcap::metrics::score(&cands, &refs, rs).unwrap();
+        let (st, sc) = score(&cp, &rp, &offsets, suite);
+        ok(st);
+        // SAFETY: valid handle.
+        unsafe {
+            assert_eq!(smolcap_scores_count(sc), cands.len());
+            let n = smolcap_scores_metric_count(sc);
+            assert_eq!(n, smolcap::metrics::METRIC_NAMES.len());
+            for i in 0..n {
+                let mut name = null();
+                ok(smolcap_scores_metric_name(sc, i, &mut name));
+                let name_s = CStr::from_ptr(name).to_str().unwrap();
+                assert_eq!(name_s, smolcap::metrics::METRIC_NAMES[i]);
+                let mut x = f64::NAN;
+                ok(smolcap_scores_corpus(sc, name, &mut x));
+                assert_eq!(x.to_bits(), want.get(name_s).unwrap().to_bits(), "{name_s}");
+                for img in [0, 7, cands.len() - 1] {
+                    ok(smolcap_scores_image(sc, img, name, &mut x));
+                    assert_eq!(x.to_bits(), want.per_image[name_s][img].to_bits());
+                }
+            }
+            let mut name = null();
+            let st = smolcap_scores_metric_name(sc, n, &mut name);
+            expect(
+                st,
+                SMOLCAP_STATUS_INVALID_ARGUMENT,
+                &["index 7 is out of range"],
+            );
+            let st = smolcap_scores_metric_name(sc, 0, null_mut());
+            expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &["name is NULL"]);
+            let mut x = 0.0;
+            let st = smolcap_scores_corpus(sc, c"SPICE".as_ptr(), &mut x);
+            expect(
+                st,
+                SMOLCAP_STATUS_INVALID_ARGUMENT,
+                &["\"SPICE\"", "BLEU-4", "CIDEr"],
+            );
+            let st = smolcap_scores_corpus(sc, bad_utf8(), &mut x);
+            expect(st, SMOLCAP_STATUS_UTF8, &["metric"]);
+            let st = smolcap_scores_corpus(sc, null(), &mut x);
+            expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &["metric is NULL"]);
+            let st = smolcap_scores_corpus(sc, c"CIDEr".as_ptr(), null_mut());
+            expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &["out is NULL"]);
+            let st = smolcap_scores_corpus(null(), c"CIDEr".as_ptr(), &mut x);
+            expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &["scores is NULL"]);
+            let st = smolcap_scores_image(sc, 50, c"CIDEr".as_ptr(), &mut x);
+            expect(
+                st,
+                SMOLCAP_STATUS_INVALID_ARGUMENT,
+                &["image 50 is out of range"],
+            );
+            assert_eq!(x, 0.0, "out written on failure");
+            smolcap_scores_free(sc);
+        }
+    }
+    // SAFETY: NULL handles.
+    unsafe {
+        assert_eq!(smolcap_scores_count(null()), 0);
+        assert_eq!(smolcap_scores_metric_count(null()), 0);
+        smolcap_scores_free(null_mut());
+    }
+
+    // Argument errors.
+    let c3 = &cp[..3];
+    let r3 = &rp[..offsets[3]];
+    let o3 = &offsets[..4];
+    let (st, sc) = score(c3, r3, o3, 7);
+    expect(
+        st,
+        SMOLCAP_STATUS_INVALID_ARGUMENT,
+        &["smolcap_score_captions", "suite 7"],
+    );
+    assert!(sc.is_null());
+    let (st, _) = score(&[], r3, o3, SMOLCAP_SUITE_SEED);
+    expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &["n_cands is 0"]);
+    // SAFETY: NULL arrays with counts are rejected.
+    unsafe {
+        let mut out = null_mut();
+        let st = smolcap_score_captions(null(), 3, r3.as_ptr(), o3.as_ptr(), 0, &mut out);
+        expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &["cands is NULL"]);
+        let st = smolcap_score_captions(c3.as_ptr(), 3, r3.as_ptr(), null(), 0, &mut out);
+        expect(
+            st,
+            SMOLCAP_STATUS_INVALID_ARGUMENT,
+            &["ref_offsets is NULL"],
+        );
+        let st = smolcap_score_captions(c3.as_ptr(), 3, null(), o3.as_ptr(), 0, &mut out);
+        expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &["refs is NULL"]);
+        let st = smolcap_score_captions(c3.as_ptr(), 3, r3.as_ptr(), o3.as_ptr(), 0, null_mut());
+        expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &["out is NULL"]);
+        assert!(out.is_null());
+    }
+    let bad_offsets: &[(&[usize], &str)] = &[
+        (&[1, 5, 9, 14], "ref_offsets[0] is 1"),
+        (
+            &[0, 5, 3, 14],
+            "ref_offsets[2] = 3 is smaller than ref_offsets[1] = 5",
+        ),
+        // Past the end before decreasing (must not read out of bounds).
+        (&[0, 1000, 2, 14], "ref_offsets[2] = 2 is smaller"),
+        (&[0, 5, 5, 14], "image 1 has no references"),
+    ];
+    for (o, needle) in bad_offsets {
+        let (st, _) = score(c3, r3, o, SMOLCAP_SUITE_SEED);
+        expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &[needle]);
+    }
+    let mut cbad = c3.to_vec();
+    cbad[1] = bad_utf8();
+    let (st, _) = score(&cbad, r3, o3, SMOLCAP_SUITE_COCO);
+    expect(st, SMOLCAP_STATUS_UTF8, &["cands[1]"]);
+    let mut rbad = r3.to_vec();
+    rbad[6] = bad_utf8();
+    let (st, _) = score(c3, &rbad, o3, SMOLCAP_SUITE_SEED);
+    expect(st, SMOLCAP_STATUS_UTF8, &["refs[6]"]);
+    rbad[6] = null();
+    let (st, _) = score(c3, &rbad, o3, SMOLCAP_SUITE_SEED);
+    expect(st, SMOLCAP_STATUS_INVALID_ARGUMENT, &["refs[6] is NULL"]);
 }

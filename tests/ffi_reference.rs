@@ -6,6 +6,12 @@
 //! File format, one line per case, tab-separated:
 //! `caption <name> <space-separated token ids> <caption text as hex>` and
 //! `nll <name> <total %.17g> <mean %.17g> <tokens>`.
+//!
+//! When `SMOLCAP_METRICS_OUT` is set, the second test writes the metrics reference of
+//! tests/fixtures/metrics/realistic_input.json for tests/c/test_adapters.c, tab-separated:
+//! `cand <caption as hex>`, `ref <image index> <reference as hex>` (in order), and
+//! `score <seed|coco> <metric> <corpus {:e}> <per-image values {:e}, space-separated>`
+//! (`{:e}` prints the shortest text that reads back as the same double).
 
 mod common;
 
@@ -139,5 +145,47 @@ fn rust_reference_for_the_c_abi() {
     if let Ok(path) = std::env::var("SMOLCAP_EXPECTED_OUT") {
         std::fs::write(&path, out).unwrap();
         eprintln!("wrote {path}");
+    }
+}
+
+#[test]
+fn rust_metrics_reference_for_the_c_abi() {
+    use smolcap::metrics::{score, Suite, METRIC_NAMES};
+    let text = std::fs::read_to_string(fixture("metrics/realistic_input.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let strs = |x: &serde_json::Value| -> Vec<String> {
+        x.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let cands = strs(&v["cands"]);
+    let refs: Vec<Vec<String>> = v["refs"].as_array().unwrap().iter().map(strs).collect();
+    let mut out = String::new();
+    for c in &cands {
+        let _ = writeln!(out, "cand\t{}", hex(c));
+    }
+    for (i, rs) in refs.iter().enumerate() {
+        for r in rs {
+            let _ = writeln!(out, "ref\t{i}\t{}", hex(r));
+        }
+    }
+    for suite in [Suite::Seed, Suite::Coco] {
+        let s = score(&cands, &refs, suite).unwrap();
+        assert_eq!(s.len(), cands.len());
+        for m in METRIC_NAMES {
+            let per: Vec<String> = s.per_image[m].iter().map(|x| format!("{x:e}")).collect();
+            let _ = writeln!(
+                out,
+                "score\t{}\t{m}\t{:e}\t{}",
+                suite.name(),
+                s.get(m).unwrap(),
+                per.join(" ")
+            );
+        }
+    }
+    if let Ok(path) = std::env::var("SMOLCAP_METRICS_OUT") {
+        std::fs::write(&path, out).unwrap();
     }
 }

@@ -35,6 +35,8 @@ mkdir -p "$bin" "$logs"
 fixture="$root/tests/fixtures/tiny-idefics3"
 images="$root/tests/fixtures/images"
 expected="$out/expected.txt"
+metrics_ref="$out/metrics.txt"
+scratch="$out/tmp"
 start=$(date +%s)
 step() { echo; echo "== native: $* ($(($(date +%s) - start)) s)"; }
 
@@ -87,11 +89,13 @@ cflags="$(pkg-config --cflags smolcap)"
 libs="$(pkg-config --libs smolcap)"
 
 step "Rust path (tests/ffi_reference.rs -> $expected)"
-rm -f "$expected"
+rm -f "$expected" "$metrics_ref"
+rm -rf "$scratch"
+mkdir -p "$scratch"
 if [ "$profile" = release ]; then rel=(--release); else rel=(); fi
-if SMOLCAP_EXPECTED_OUT="$expected" cargo test -q "${rel[@]}" --test ffi_reference >"$logs/ffi_reference.log" 2>&1 &&
-    [ -s "$expected" ]; then
-    record ffi_reference ok "$(grep -c "^caption" "$expected") captions + NLL written"
+if SMOLCAP_EXPECTED_OUT="$expected" SMOLCAP_METRICS_OUT="$metrics_ref" cargo test -q "${rel[@]}" --test ffi_reference >"$logs/ffi_reference.log" 2>&1 &&
+    [ -s "$expected" ] && [ -s "$metrics_ref" ]; then
+    record ffi_reference ok "$(grep -c "^caption" "$expected") captions + NLL + $(grep -c "^score" "$metrics_ref") metric rows written"
 else
     cat "$logs/ffi_reference.log"
     record ffi_reference FAIL "see $logs/ffi_reference.log"
@@ -123,6 +127,8 @@ compile() { # NAME CMD... (compile failures are test failures)
     compile test_basic gcc "${strict_c[@]}" $cflags -o "$bin/test_basic" tests/c/test_basic.c $libs -lm || true
     compile test_basic_asan gcc "${strict_c[@]}" "${san[@]}" $cflags -o "$bin/test_basic_asan" \
         tests/c/test_basic.c $libs -lm || true
+    compile test_adapters_asan gcc "${strict_c[@]}" "${san[@]}" $cflags -o "$bin/test_adapters_asan" \
+        tests/c/test_adapters.c $libs -lm || true
     compile test_threads_asan gcc "${strict_c[@]}" "${san[@]}" $cflags -pthread \
         -o "$bin/test_threads_asan" tests/c/test_threads.c $libs -lm || true
     compile test_cpp_asan g++ "${strict_cxx[@]}" "${san[@]}" -pthread $cflags \
@@ -143,6 +149,8 @@ export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0:strict_stri
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 [ -x "$bin/header_cxx" ] && run_test header_cxx17 "$bin/header_cxx"
 [ -x "$bin/test_basic_asan" ] && run_test test_basic_asan "$bin/test_basic_asan" "$fixture" "$images" "$expected"
+[ -x "$bin/test_adapters_asan" ] && run_test test_adapters_asan "$bin/test_adapters_asan" "$fixture" \
+    "$root/tests/fixtures" "$metrics_ref" "$scratch"
 [ -x "$bin/test_threads_asan" ] && run_test test_threads_asan "$bin/test_threads_asan" "$fixture" "$images" "$expected"
 [ -x "$bin/test_cpp_asan" ] && run_test test_cpp_asan "$bin/test_cpp_asan" "$fixture" "$images" "$expected"
 unset ASAN_OPTIONS UBSAN_OPTIONS

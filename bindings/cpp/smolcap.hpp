@@ -58,6 +58,12 @@ struct CaptionsDeleter {
 struct StreamDeleter {
     void operator()(smolcap_stream *p) const noexcept { smolcap_stream_free(p); }
 };
+struct AdapterDeleter {
+    void operator()(smolcap_adapter *p) const noexcept { smolcap_adapter_free(p); }
+};
+struct ScoresDeleter {
+    void operator()(smolcap_scores *p) const noexcept { smolcap_scores_free(p); }
+};
 using CaptionsPtr = std::unique_ptr<smolcap_captions, CaptionsDeleter>;
 
 /// What the C callback trampoline needs.
@@ -220,6 +226,150 @@ private:
     std::unique_ptr<smolcap_model, detail::ModelDeleter> p_;
 };
 
+/// Facts about a LoRA adapter (a copy; strings owned here).
+struct AdapterInfo {
+    uint32_t rank;
+    double alpha;
+    uint32_t num_lora_modules, num_vision_modules;
+    bool has_modules_to_save, use_rslora;
+    std::string dir;
+};
+
+/// A PEFT LoRA adapter loaded for one model. Move-only; const methods may be called from many
+/// threads. Sessions keep their own reference: it may be destroyed after Session::set_adapters.
+class Adapter {
+public:
+    /// Loads an adapter directory, validated against `model`.
+    static Adapter load(const Model &model, const std::string &dir) {
+        smolcap_adapter *a = nullptr;
+        detail::check(smolcap_adapter_load(model.get(), dir.c_str(), &a));
+        return Adapter(a);
+    }
+
+    AdapterInfo info() const {
+        smolcap_adapter_info i{};
+        i.struct_size = sizeof i;
+        detail::check(smolcap_adapter_get_info(p_.get(), &i));
+        return AdapterInfo{i.rank,
+                           i.alpha,
+                           i.num_lora_modules,
+                           i.num_vision_modules,
+                           i.has_modules_to_save != 0,
+                           i.use_rslora != 0,
+                           i.dir};
+    }
+
+    /// The C handle (owned by this object).
+    const smolcap_adapter *get() const noexcept { return p_.get(); }
+
+private:
+    explicit Adapter(smolcap_adapter *p) : p_(p) {}
+    std::unique_ptr<smolcap_adapter, detail::AdapterDeleter> p_;
+};
+
+/// One adapter of merge_save: a PEFT adapter directory and its multiplier.
+struct AdapterSpec {
+    std::string dir;
+    float scale = 1.0f;
+};
+
+/// Options of merge_save.
+struct MergeOptions {
+    /// Replace a non-empty output directory.
+    bool overwrite = false;
+    /// Largest safetensors file; 0 = the library default (5 GiB).
+    uint64_t max_shard_bytes = 0;
+    /// Hub revision when the base is a repo id; empty = "main".
+    std::string revision;
+};
+
+/// What merge_save did.
+using MergeReport = smolcap_merge_report;
+
+/// Merges adapters into the checkpoint `base_dir_or_repo` and writes a complete model
+/// directory to `out_dir` (works on the files; no loaded model needed).
+inline MergeReport merge_save(const std::string &base_dir_or_repo,
+                              const std::vector<AdapterSpec> &adapters,
+                              const std::string &out_dir, const MergeOptions &opt = {}) {
+    smolcap_merge_params p;
+    detail::check(smolcap_merge_params_init(&p, sizeof p));
+    p.overwrite = opt.overwrite ? 1 : 0;
+    if (opt.max_shard_bytes != 0) p.max_shard_bytes = opt.max_shard_bytes;
+    p.revision = opt.revision.empty() ? nullptr : opt.revision.c_str();
+    std::vector<smolcap_adapter_spec> specs;
+    specs.reserve(adapters.size());
+    for (const auto &a : adapters) specs.push_back(smolcap_adapter_spec{a.dir.c_str(), a.scale});
+    MergeReport r{};
+    r.struct_size = sizeof r;
+    detail::check(smolcap_merge_save(base_dir_or_repo.c_str(), specs.data(), specs.size(),
+                                     out_dir.c_str(), &p, &r));
+    return r;
+}
+
+/// Which implementations the caption metrics equal.
+enum class Suite : uint32_t { Seed = SMOLCAP_SUITE_SEED, Coco = SMOLCAP_SUITE_COCO };
+
+/// Caption metric scores (BLEU-1..4, METEOR, ROUGE-L, CIDEr). Move-only; const methods may
+/// be called from many threads.
+class Scores {
+public:
+    /// Number of images scored.
+    std::size_t size() const noexcept { return smolcap_scores_count(p_.get()); }
+    /// Metric names in scorecard order.
+    std::vector<std::string> metrics() const {
+        std::vector<std::string> out;
+        std::size_t n = smolcap_scores_metric_count(p_.get());
+        for (std::size_t i = 0; i < n; i++) {
+            const char *name = nullptr;
+            detail::check(smolcap_scores_metric_name(p_.get(), i, &name));
+            out.emplace_back(name);
+        }
+        return out;
+    }
+    /// Corpus-level score of `metric`.
+    double corpus(const std::string &metric) const {
+        double v = 0;
+        detail::check(smolcap_scores_corpus(p_.get(), metric.c_str(), &v));
+        return v;
+    }
+    /// Score of `metric` for image `i`.
+    double image(std::size_t i, const std::string &metric) const {
+        double v = 0;
+        detail::check(smolcap_scores_image(p_.get(), i, metric.c_str(), &v));
+        return v;
+    }
+    /// The C handle (owned by this object).
+    const smolcap_scores *get() const noexcept { return p_.get(); }
+
+private:
+    friend Scores score_captions(const std::vector<std::string> &,
+                                 const std::vector<std::vector<std::string>> &, Suite);
+    explicit Scores(smolcap_scores *p) : p_(p) {}
+    std::unique_ptr<smolcap_scores, detail::ScoresDeleter> p_;
+};
+
+/// Scores `cands[i]` against the references `refs[i]` (each non-empty).
+inline Scores score_captions(const std::vector<std::string> &cands,
+                             const std::vector<std::vector<std::string>> &refs,
+                             Suite suite = Suite::Seed) {
+    if (cands.size() != refs.size())
+        throw Error(SMOLCAP_STATUS_INVALID_ARGUMENT,
+                    "score_captions: " + std::to_string(cands.size()) + " candidates but " +
+                        std::to_string(refs.size()) + " reference sets");
+    std::vector<const char *> c, r;
+    std::vector<std::size_t> offsets{0};
+    c.reserve(cands.size());
+    for (const auto &s : cands) c.push_back(s.c_str());
+    for (const auto &set : refs) {
+        for (const auto &s : set) r.push_back(s.c_str());
+        offsets.push_back(r.size());
+    }
+    smolcap_scores *out = nullptr;
+    detail::check(smolcap_score_captions(c.data(), c.size(), r.data(), offsets.data(),
+                                         static_cast<uint32_t>(suite), &out));
+    return Scores(out);
+}
+
 /// A pull stream over one caption. Move-only.
 class Stream {
 public:
@@ -297,6 +447,26 @@ public:
         detail::check(smolcap_session_score(p_.get(), &image.c, caption.c_str(), &cp, &n));
         return n;
     }
+
+    /// Applies `adapters[i]` with multiplier `scales[i]` (empty `scales` = all 1.0) to every
+    /// later caption, score and stream; an empty list restores the base model. The adapters
+    /// must come from this session's model; they may be destroyed afterwards.
+    void set_adapters(const std::vector<const Adapter *> &adapters,
+                      const std::vector<float> &scales = {}) {
+        if (!scales.empty() && scales.size() != adapters.size())
+            throw Error(SMOLCAP_STATUS_INVALID_ARGUMENT,
+                        "set_adapters: " + std::to_string(adapters.size()) + " adapters but " +
+                            std::to_string(scales.size()) + " scales");
+        std::vector<const smolcap_adapter *> c;
+        c.reserve(adapters.size());
+        for (const Adapter *a : adapters) c.push_back(a ? a->get() : nullptr);
+        detail::check(smolcap_session_set_adapters(p_.get(), c.empty() ? nullptr : c.data(),
+                                                   scales.empty() ? nullptr : scales.data(),
+                                                   c.size()));
+    }
+
+    /// Removes all adapters (the base model again).
+    void clear_adapters() { detail::check(smolcap_session_set_adapters(p_.get(), nullptr, nullptr, 0)); }
 
     /// Cancels the call or stream in progress; callable from any thread.
     void cancel() { detail::check(smolcap_session_cancel(p_.get())); }

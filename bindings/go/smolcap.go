@@ -512,3 +512,263 @@ func (st *Stream) Close() error {
 	}
 	return nil
 }
+
+// Adapter is a PEFT LoRA adapter loaded for one model, usable from many goroutines. Sessions
+// that activate it keep their own reference, so it may be closed after Session.SetAdapters.
+type Adapter struct {
+	mu sync.RWMutex
+	p  *C.smolcap_adapter
+}
+
+// LoadAdapter loads a PEFT adapter directory, validated against m.
+func (m *Model) LoadAdapter(dir string) (*Adapter, error) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.p == nil {
+		return nil, ErrClosed
+	}
+	cdir := C.CString(dir)
+	defer C.free(unsafe.Pointer(cdir))
+	var out *C.smolcap_adapter
+	err := call(func() C.smolcap_status { return C.smolcap_adapter_load(m.p, cdir, &out) })
+	runtime.KeepAlive(m)
+	if err != nil {
+		return nil, err
+	}
+	a := &Adapter{p: out}
+	runtime.SetFinalizer(a, (*Adapter).Close)
+	return a, nil
+}
+
+// AdapterInfo describes an adapter.
+type AdapterInfo struct {
+	Rank                             uint32
+	Alpha                            float64
+	NumLoRAModules, NumVisionModules uint32
+	HasModulesToSave, UseRSLoRA      bool
+	Dir                              string
+}
+
+// Info describes the adapter.
+func (a *Adapter) Info() (AdapterInfo, error) {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	if a.p == nil {
+		return AdapterInfo{}, ErrClosed
+	}
+	var i C.smolcap_adapter_info
+	i.struct_size = C.uint32_t(unsafe.Sizeof(i))
+	err := call(func() C.smolcap_status { return C.smolcap_adapter_get_info(a.p, &i) })
+	runtime.KeepAlive(a)
+	if err != nil {
+		return AdapterInfo{}, err
+	}
+	return AdapterInfo{
+		uint32(i.rank), float64(i.alpha), uint32(i.num_lora_modules),
+		uint32(i.num_vision_modules), i.has_modules_to_save != 0, i.use_rslora != 0,
+		C.GoString(i.dir),
+	}, nil
+}
+
+// Close frees the adapter (sessions that activated it keep using it). Idempotent.
+func (a *Adapter) Close() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.p != nil {
+		C.smolcap_adapter_free(a.p)
+		a.p = nil
+		runtime.SetFinalizer(a, nil)
+	}
+	return nil
+}
+
+// SetAdapters applies adapters[i] with multiplier scales[i] (nil scales = all 1.0) to every
+// later caption, score and stream of s; no adapters restores the base model. The adapters must
+// come from the session's model.
+func (s *Session) SetAdapters(adapters []*Adapter, scales []float32) error {
+	if scales != nil && len(scales) != len(adapters) {
+		return &Error{Code: StatusInvalidArgument,
+			Msg: fmt.Sprintf("SetAdapters: %d adapters but %d scales", len(adapters), len(scales))}
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.p == nil {
+		return ErrClosed
+	}
+	ptrs := make([]*C.smolcap_adapter, len(adapters))
+	locked := map[*Adapter]bool{}
+	for i, a := range adapters {
+		if a == nil {
+			continue // reported by the library as adapters[i] is NULL
+		}
+		if !locked[a] { // read-lock each adapter once (RWMutex read locks must not nest)
+			locked[a] = true
+			a.mu.RLock()
+			defer a.mu.RUnlock()
+		}
+		if a.p == nil {
+			return ErrClosed
+		}
+		ptrs[i] = a.p
+	}
+	var list **C.smolcap_adapter
+	var sc *C.float
+	if len(ptrs) > 0 {
+		list = &ptrs[0]
+	}
+	if len(scales) > 0 {
+		sc = (*C.float)(unsafe.Pointer(&scales[0]))
+	}
+	err := call(func() C.smolcap_status {
+		return C.smolcap_session_set_adapters(s.p, list, sc, C.size_t(len(ptrs)))
+	})
+	runtime.KeepAlive(s)
+	runtime.KeepAlive(adapters)
+	return err
+}
+
+// AdapterSpec is one adapter of MergeSave: a PEFT adapter directory and its multiplier.
+type AdapterSpec struct {
+	Dir   string
+	Scale float32
+}
+
+// MergeOptions configures MergeSave; the zero value means defaults.
+type MergeOptions struct {
+	Overwrite     bool   // replace a non-empty output directory
+	MaxShardBytes uint64 // 0 = the library default (5 GiB)
+	Revision      string // hub revision when the base is a repo id; "" = "main"
+}
+
+// MergeReport says what MergeSave did.
+type MergeReport struct {
+	MergedModules, ReplacedModules, Tensors, Shards, Warnings uint64
+}
+
+// MergeSave merges adapters into the checkpoint baseDirOrRepo and writes a complete model
+// directory to outDir (works on the files; no loaded model needed).
+func MergeSave(baseDirOrRepo string, adapters []AdapterSpec, outDir string, opt *MergeOptions) (MergeReport, error) {
+	var p C.smolcap_merge_params
+	if err := call(func() C.smolcap_status {
+		return C.smolcap_merge_params_init(&p, C.size_t(unsafe.Sizeof(p)))
+	}); err != nil {
+		return MergeReport{}, err
+	}
+	if opt != nil {
+		if opt.Overwrite {
+			p.overwrite = 1
+		}
+		if opt.MaxShardBytes != 0 {
+			p.max_shard_bytes = C.uint64_t(opt.MaxShardBytes)
+		}
+		if opt.Revision != "" {
+			p.revision = C.CString(opt.Revision)
+			defer C.free(unsafe.Pointer(p.revision))
+		}
+	}
+	cbase := C.CString(baseDirOrRepo)
+	defer C.free(unsafe.Pointer(cbase))
+	cout := C.CString(outDir)
+	defer C.free(unsafe.Pointer(cout))
+	var specs *C.smolcap_adapter_spec
+	if len(adapters) > 0 {
+		specs = (*C.smolcap_adapter_spec)(C.calloc(C.size_t(len(adapters)), C.size_t(unsafe.Sizeof(C.smolcap_adapter_spec{}))))
+		defer C.free(unsafe.Pointer(specs))
+		view := unsafe.Slice(specs, len(adapters))
+		for i, a := range adapters {
+			view[i].dir = C.CString(a.Dir)
+			defer C.free(unsafe.Pointer(view[i].dir))
+			view[i].scale = C.float(a.Scale)
+		}
+	}
+	var r C.smolcap_merge_report
+	r.struct_size = C.uint32_t(unsafe.Sizeof(r))
+	if err := call(func() C.smolcap_status {
+		return C.smolcap_merge_save(cbase, specs, C.size_t(len(adapters)), cout, &p, &r)
+	}); err != nil {
+		return MergeReport{}, err
+	}
+	return MergeReport{uint64(r.merged_modules), uint64(r.replaced_modules), uint64(r.tensors),
+		uint64(r.shards), uint64(r.warnings)}, nil
+}
+
+// Suite selects which implementations the caption metrics equal.
+type Suite uint32
+
+// Metric suites.
+const (
+	SuiteSeed Suite = C.SMOLCAP_SUITE_SEED // the seed's eval script (HF evaluate, rouge_score, pycocoevalcap CIDEr)
+	SuiteCoco Suite = C.SMOLCAP_SUITE_COCO // pycocoevalcap COCOEvalCap on PTB tokens
+)
+
+// Scores are caption metric scores (fractions, not percentages).
+type Scores struct {
+	Metrics  []string             // metric names in scorecard order
+	Corpus   map[string]float64   // corpus-level score per metric
+	PerImage map[string][]float64 // per-image scores per metric
+}
+
+// ScoreCaptions scores cands[i] against the references refs[i] (each non-empty).
+func ScoreCaptions(cands []string, refs [][]string, suite Suite) (*Scores, error) {
+	if len(cands) != len(refs) {
+		return nil, &Error{Code: StatusInvalidArgument,
+			Msg: fmt.Sprintf("ScoreCaptions: %d candidates but %d reference sets", len(cands), len(refs))}
+	}
+	cstrs := func(ss []string) (**C.char, func()) {
+		if len(ss) == 0 {
+			return nil, func() {}
+		}
+		arr := (**C.char)(C.calloc(C.size_t(len(ss)), C.size_t(unsafe.Sizeof((*C.char)(nil)))))
+		view := unsafe.Slice(arr, len(ss))
+		for i, s := range ss {
+			view[i] = C.CString(s)
+		}
+		return arr, func() {
+			for _, p := range view {
+				C.free(unsafe.Pointer(p))
+			}
+			C.free(unsafe.Pointer(arr))
+		}
+	}
+	flat := make([]string, 0, len(refs))
+	offsets := make([]C.size_t, 1, len(refs)+1)
+	for _, r := range refs {
+		flat = append(flat, r...)
+		offsets = append(offsets, C.size_t(len(flat)))
+	}
+	cc, freeC := cstrs(cands)
+	defer freeC()
+	rr, freeR := cstrs(flat)
+	defer freeR()
+	var out *C.smolcap_scores
+	if err := call(func() C.smolcap_status {
+		return C.smolcap_score_captions(cc, C.size_t(len(cands)), rr, &offsets[0], C.uint32_t(suite), &out)
+	}); err != nil {
+		return nil, err
+	}
+	defer C.smolcap_scores_free(out)
+	n := int(C.smolcap_scores_count(out))
+	sc := &Scores{Corpus: map[string]float64{}, PerImage: map[string][]float64{}}
+	for i := 0; i < int(C.smolcap_scores_metric_count(out)); i++ {
+		var name *C.char
+		if err := call(func() C.smolcap_status { return C.smolcap_scores_metric_name(out, C.size_t(i), &name) }); err != nil {
+			return nil, err
+		}
+		var v C.double
+		if err := call(func() C.smolcap_status { return C.smolcap_scores_corpus(out, name, &v) }); err != nil {
+			return nil, err
+		}
+		m := C.GoString(name)
+		sc.Metrics = append(sc.Metrics, m)
+		sc.Corpus[m] = float64(v)
+		per := make([]float64, n)
+		for j := 0; j < n; j++ {
+			if err := call(func() C.smolcap_status { return C.smolcap_scores_image(out, C.size_t(j), name, &v) }); err != nil {
+				return nil, err
+			}
+			per[j] = float64(v)
+		}
+		sc.PerImage[m] = per
+	}
+	return sc, nil
+}

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -397,5 +398,99 @@ func TestConcurrentSessionsAndFinalizers(t *testing.T) {
 	}
 	if LiveObjects() >= before {
 		t.Errorf("finalizer did not free the session: %d live", LiveObjects())
+	}
+}
+
+func TestAdaptersMergeAndMetrics(t *testing.T) {
+	track(t)
+	combo := []uint32{482, 340, 60, 87, 130, 262, 528, 450, 178, 236, 133, 247}
+	seedStyle := []uint32{482, 39, 318, 133, 329, 238, 502, 84, 133, 460, 254, 25}
+	dir := env(t, "SMOLCAP_MODEL_DIR")
+	adapters := filepath.Join(dir, "..", "adapters")
+	m, s := open(t)
+	defer m.Close()
+	defer s.Close()
+	img := image(t, "photo_640x480.png")
+	tokens := func(s *Session) []uint32 {
+		c, err := s.Caption([]Image{img}, greedy12())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c[0].Tokens
+	}
+	base := tokens(s)
+	a, err := m.LoadAdapter(filepath.Join(adapters, "text_r4_a8"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := m.LoadAdapter(filepath.Join(adapters, "text_r2_a3_b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := a.Info(); err != nil || info.Rank != 4 || info.Alpha != 8 || info.NumLoRAModules != 14 {
+		t.Errorf("info %+v %v", info, err)
+	}
+	var e *Error
+	if err := s.SetAdapters([]*Adapter{a, b}, []float32{1, float32(math.NaN())}); !errors.As(err, &e) ||
+		e.Code != StatusInvalidArgument || !strings.Contains(e.Msg, "scales[1]") {
+		t.Errorf("NaN scale: %v", err)
+	}
+	if err := s.SetAdapters([]*Adapter{a, b}, []float32{1, 0.5}); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	b.Close()
+	if got := tokens(s); !reflect.DeepEqual(got, combo) {
+		t.Errorf("two adapters: %v", got)
+	}
+	if err := s.SetAdapters(nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := tokens(s); !reflect.DeepEqual(got, base) {
+		t.Errorf("cleared: %v", got)
+	}
+	if err := s.SetAdapters([]*Adapter{a}, nil); err != ErrClosed {
+		t.Errorf("closed adapter: %v", err)
+	}
+
+	out := t.TempDir()
+	r, err := MergeSave(dir, []AdapterSpec{{filepath.Join(adapters, "seed_style_r2_a5"), 1}}, out,
+		&MergeOptions{Overwrite: true})
+	if err != nil || r.MergedModules != 20 || r.Shards != 1 {
+		t.Fatalf("merge %+v %v", r, err)
+	}
+	mm, err := Load(out, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mm.Close()
+	ms, err := mm.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ms.Close()
+	if got := tokens(ms); !reflect.DeepEqual(got, seedStyle) {
+		t.Errorf("merged: %v", got)
+	}
+	if _, err := MergeSave(dir, nil, out, nil); !errors.As(err, &e) || e.Code != StatusInvalidArgument {
+		t.Errorf("no adapters: %v", err)
+	}
+
+	sc, err := ScoreCaptions([]string{"a cat on a mat", "two dogs in a field"},
+		[][]string{{"a cat on a mat"}, {"dogs play in the grass", "two dogs running"}}, SuiteCoco)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sc.Metrics) != 7 || sc.Metrics[0] != "BLEU-1" || sc.PerImage["BLEU-1"][0] < 0.999 ||
+		len(sc.PerImage["CIDEr"]) != 2 || sc.Corpus["ROUGE-L"] <= 0 {
+		t.Errorf("scores %+v", sc)
+	}
+	if _, err := ScoreCaptions([]string{"x"}, [][]string{{}}, SuiteSeed); !errors.As(err, &e) ||
+		!strings.Contains(e.Msg, "no references") {
+		t.Errorf("no references: %v", err)
+	}
+	if _, err := ScoreCaptions([]string{"x"}, [][]string{{"y"}}, Suite(5)); !errors.As(err, &e) ||
+		!strings.Contains(e.Msg, "suite 5") {
+		t.Errorf("bad suite: %v", err)
 	}
 }

@@ -16,8 +16,10 @@
 //! [`status::entry`], resolve handles with [`handles`], read params with [`params::read`],
 //! and count new handle kinds with [`handles::live_inc`] / [`handles::live_dec`].
 
+pub mod adapter;
 pub mod handles;
 pub mod log;
+pub mod metrics;
 pub mod model;
 pub mod params;
 pub mod session;

@@ -16,7 +16,7 @@ use crate::ffi_field_end;
 use crate::generate::{BeamParams, EarlyStopping, GenerateParams, SampleParams, Strategy};
 use crate::processor::image::{DecodeLimits, RawLayout, SourceImage};
 use crate::processor::PromptMode;
-use crate::session::{Caption, CaptionOptions};
+use crate::session::{ActiveAdapter, Caption, CaptionOptions};
 
 /// `smolcap_generate_params.strategy`: the most likely token at each step.
 pub const SMOLCAP_STRATEGY_GREEDY: u32 = 0;
@@ -385,6 +385,8 @@ pub(crate) struct SessionState {
     pub poisoned: AtomicBool,
     /// The cancel flag of the call in progress (a fresh one per call).
     pub cancel: Mutex<Arc<AtomicBool>>,
+    /// The adapters applied by every call (`smolcap_session_set_adapters`).
+    pub adapters: Mutex<Vec<ActiveAdapter>>,
 }
 
 impl SessionState {
@@ -397,6 +399,23 @@ impl SessionState {
         };
         *g = Arc::clone(&flag);
         flag
+    }
+
+    /// A copy of the active adapters (shared `Arc`s).
+    pub fn adapters(&self) -> Vec<ActiveAdapter> {
+        match self.adapters.lock() {
+            Ok(g) => g.clone(),
+            Err(e) => e.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the active adapters.
+    pub fn set_adapters(&self, v: Vec<ActiveAdapter>) {
+        let mut g = match self.adapters.lock() {
+            Ok(g) => g,
+            Err(e) => e.into_inner(),
+        };
+        *g = v;
     }
 }
 
@@ -543,6 +562,7 @@ pub unsafe extern "C" fn smolcap_session_new(
                 busy: Arc::new(AtomicBool::new(false)),
                 poisoned: AtomicBool::new(false),
                 cancel: Mutex::new(Arc::new(AtomicBool::new(false))),
+                adapters: Mutex::new(Vec::new()),
             }),
         });
         // SAFETY: checked non-NULL; writable per the contract.
@@ -624,7 +644,8 @@ pub unsafe extern "C" fn smolcap_caption(
         // SAFETY: caller contract, count bounded.
         let imgs = unsafe { handles::slice(images, n_images, "images") }?;
         // SAFETY: caller contract.
-        let set = unsafe { settings(params, &s.model) }?;
+        let mut set = unsafe { settings(params, &s.model) }?;
+        set.opts.adapters = s.state.adapters();
         let mut all = Vec::with_capacity(n_images);
         let mut buf: Vec<u8> = Vec::new();
         for (b, chunk) in imgs.chunks(set.batch_size).enumerate() {
@@ -816,7 +837,8 @@ pub unsafe extern "C" fn smolcap_session_score(
         let _poison = PoisonOnUnwind(&s.state.poisoned);
         let _busy = Busy::acquire(&s.state.busy, "the session")?;
         // SAFETY: caller contract.
-        let set = unsafe { settings(params, &s.model) }?;
+        let mut set = unsafe { settings(params, &s.model) }?;
+        set.opts.adapters = s.state.adapters();
         // SAFETY: caller contract on the image buffer.
         let src = unsafe { source_image(img, &set.limits, "image") }?;
         let nll = s

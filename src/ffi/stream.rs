@@ -89,7 +89,8 @@ pub unsafe extern "C" fn smolcap_stream_begin(
         let _poison = handles::PoisonOnUnwind(&s.state.poisoned);
         let busy = Busy::acquire(&s.state.busy, "the session")?;
         // SAFETY: caller contract.
-        let set = unsafe { settings(params, &s.model) }?;
+        let mut set = unsafe { settings(params, &s.model) }?;
+        set.opts.adapters = s.state.adapters();
         // SAFETY: caller contract on the image buffer.
         let src = unsafe { source_image(img, &set.limits, "image") }?;
         let cancel = s.state.new_call();

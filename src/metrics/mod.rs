@@ -197,16 +197,17 @@ pub fn score_csr(
             refs.len()
         )));
     }
-    let mut sets = Vec::with_capacity(cands.len());
-    for (i, w) in ref_offsets.windows(2).enumerate() {
-        if w[1] < w[0] {
-            return Err(MetricsError::BadOffsets(format!(
-                "offset {} decreases",
-                i + 1
-            )));
-        }
-        sets.push(refs[w[0]..w[1]].to_vec());
+    // Check the whole sequence first: a later decrease can leave an earlier range past the end.
+    if let Some(i) = ref_offsets.windows(2).position(|w| w[1] < w[0]) {
+        return Err(MetricsError::BadOffsets(format!(
+            "offset {} decreases",
+            i + 1
+        )));
     }
+    let sets: Vec<Vec<&str>> = ref_offsets
+        .windows(2)
+        .map(|w| refs[w[0]..w[1]].to_vec())
+        .collect();
     score_str(cands, &sets, suite)
 }
 
@@ -409,6 +410,22 @@ pub(crate) fn is_py_space(c: char) -> bool {
 /// Python `str.split()` (no argument): runs of Unicode whitespace separate, no empty pieces.
 pub(crate) fn py_split(s: &str) -> impl Iterator<Item = &str> {
     s.split(is_py_space).filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod csr_tests {
+    use super::*;
+
+    #[test]
+    fn non_monotonic_offsets_are_an_error_not_a_panic() {
+        let r = score_csr(
+            &["a", "b", "c"],
+            &["x", "y", "z"],
+            &[0, 1000, 2, 3],
+            Suite::Seed,
+        );
+        assert!(matches!(r, Err(MetricsError::BadOffsets(_))));
+    }
 }
 
 #[cfg(test)]

@@ -9,12 +9,16 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <sstream>
 #include <thread>
 #include <type_traits>
+
+#include <unistd.h>
+#include <cmath>
 
 namespace {
 
@@ -165,6 +169,72 @@ int main(int argc, char **argv) {
         // Score.
         auto nll = session.score(ims[0], "a photo of a cat");
         check(nll.tokens > 1 && nll.total > 0, "score");
+
+        // LoRA adapters: two at once (peft's tokens), cleared, merged into a checkpoint.
+        {
+            const std::vector<uint32_t> combo{482, 340, 60, 87, 130, 262, 528, 450, 178, 236, 133, 247};
+            const std::vector<uint32_t> seed_style{482, 39, 318, 133, 329, 238, 502, 84, 133, 460, 254, 25};
+            const std::string adapters = dir + "/../adapters/";
+            auto base_tokens = session.caption(ims[0], greedy12()).tokens;
+            {
+                auto a = smolcap::Adapter::load(model, adapters + "text_r4_a8");
+                auto b = smolcap::Adapter::load(model, adapters + "text_r2_a3_b");
+                auto ai = a.info();
+                check(ai.rank == 4 && ai.alpha == 8.0 && ai.num_lora_modules == 14 &&
+                          !ai.use_rslora && ai.dir.find("text_r4_a8") != std::string::npos,
+                      "adapter info");
+                check(status_of([&] { session.set_adapters({&a, &b}, {1.0f}); }) ==
+                          SMOLCAP_STATUS_INVALID_ARGUMENT,
+                      "scales size mismatch");
+                check(status_of([&] { session.set_adapters({&a, &b}, {1.0f, NAN}); }) ==
+                          SMOLCAP_STATUS_INVALID_ARGUMENT,
+                      "NaN scale");
+                session.set_adapters({&a, &b}, {1.0f, 0.5f});
+            }  // the adapters are freed; the session keeps them
+            check(session.caption(ims[0], greedy12()).tokens == combo, "two adapters");
+            session.clear_adapters();
+            check(session.caption(ims[0], greedy12()).tokens == base_tokens, "adapters cleared");
+            check(status_of([&] { smolcap::Adapter::load(model, "/no/such/adapter"); }) ==
+                      SMOLCAP_STATUS_IO,
+                  "missing adapter -> IO");
+
+            auto out = std::filesystem::temp_directory_path() /
+                       ("smolcap-cpp-merge-" + std::to_string(::getpid()));
+            smolcap::MergeOptions mo;
+            mo.overwrite = true;
+            auto rep = smolcap::merge_save(dir, {{adapters + "seed_style_r2_a5", 1.0f}},
+                                           out.string(), mo);
+            check(rep.merged_modules == 20 && rep.shards == 1 && rep.warnings == 0, "merge report");
+            {
+                auto merged = smolcap::Model::load(out.string());
+                smolcap::Session ms(merged);
+                check(ms.caption(ims[0], greedy12()).tokens == seed_style, "merged model tokens");
+            }
+            std::filesystem::remove_all(out);
+        }
+
+        // Caption metrics.
+        {
+            std::vector<std::string> cands{"a man riding a wave on a surfboard",
+                                           "two dogs playing in the grass"};
+            std::vector<std::vector<std::string>> refs{
+                {"a surfer rides a wave", "a man surfing on a big wave"},
+                {"two dogs play with a frisbee", "dogs running in a field"}};
+            auto sc = smolcap::score_captions(cands, refs, smolcap::Suite::Coco);
+            auto names = sc.metrics();
+            check(sc.size() == 2 && names.size() == 7 && names.front() == "BLEU-1" &&
+                      names.back() == "CIDEr",
+                  "scores shape");
+            double b1 = sc.corpus("BLEU-1");
+            check(b1 > 0 && b1 <= 1 && sc.image(1, "ROUGE-L") > 0, "scores values");
+            auto self = smolcap::score_captions({"a cat on a mat"}, {{"a cat on a mat"}});
+            check(self.corpus("BLEU-1") == 1.0, "identical caption BLEU-1");
+            check(status_of([&] { sc.corpus("SPICE"); }) == SMOLCAP_STATUS_INVALID_ARGUMENT,
+                  "unknown metric");
+            check(status_of([&] { smolcap::score_captions({"x"}, {{}}); }) ==
+                      SMOLCAP_STATUS_INVALID_ARGUMENT,
+                  "no references");
+        }
 
         // Cancel a long caption from another thread.
         auto lp = greedy12();

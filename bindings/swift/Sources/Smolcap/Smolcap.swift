@@ -245,3 +245,145 @@ public final class Session: @unchecked Sendable {
         }
     }
 }
+
+/// Facts about a LoRA adapter.
+public struct AdapterInfo {
+    public let rank: UInt32
+    public let alpha: Double
+    public let numLoRAModules: UInt32
+    public let numVisionModules: UInt32
+    public let hasModulesToSave: Bool
+    public let useRSLoRA: Bool
+    public let dir: String
+}
+
+/// A PEFT LoRA adapter loaded for one model, shareable across threads. Sessions that activate
+/// it keep their own reference, so it may be released after `Session.setAdapters`.
+public final class Adapter: @unchecked Sendable {
+    let handle: OpaquePointer
+
+    /// Loads an adapter directory, validated against `model`.
+    public init(model: Model, path: String) throws {
+        var out: OpaquePointer? = nil
+        try check(smolcap_adapter_load(model.handle, path, &out))
+        handle = out!
+    }
+
+    deinit { smolcap_adapter_free(handle) }
+
+    public func info() throws -> AdapterInfo {
+        var i = smolcap_adapter_info()
+        i.struct_size = UInt32(MemoryLayout<smolcap_adapter_info>.size)
+        try check(smolcap_adapter_get_info(handle, &i))
+        return AdapterInfo(rank: i.rank, alpha: i.alpha, numLoRAModules: i.num_lora_modules,
+                           numVisionModules: i.num_vision_modules,
+                           hasModulesToSave: i.has_modules_to_save != 0,
+                           useRSLoRA: i.use_rslora != 0, dir: String(cString: i.dir))
+    }
+}
+
+extension Session {
+    /// Applies `adapters[i]` with multiplier `scales[i]` (nil = all 1.0) to every later call;
+    /// an empty list restores the base model.
+    public func setAdapters(_ adapters: [Adapter], scales: [Float]? = nil) throws {
+        if let scales = scales, scales.count != adapters.count {
+            throw SmolcapError(code: SMOLCAP_STATUS_INVALID_ARGUMENT,
+                               message: "setAdapters: \(adapters.count) adapters but \(scales.count) scales")
+        }
+        let handles: [OpaquePointer?] = adapters.map { $0.handle }
+        try withExtendedLifetime(adapters) {
+            try handles.withUnsafeBufferPointer { hp in
+                if let scales = scales {
+                    try scales.withUnsafeBufferPointer { sp in
+                        try check(smolcap_session_set_adapters(handle, hp.baseAddress, sp.baseAddress,
+                                                               hp.count))
+                    }
+                } else {
+                    try check(smolcap_session_set_adapters(handle, hp.baseAddress, nil, hp.count))
+                }
+            }
+        }
+    }
+}
+
+/// Merges adapters (directory, multiplier) into the checkpoint `base` (a directory or hub repo
+/// id) and writes a complete model directory to `outDir`.
+@discardableResult
+public func mergeSave(base: String, adapters: [(dir: String, scale: Float)], outDir: String,
+                      overwrite: Bool = false, maxShardBytes: UInt64 = 0) throws
+    -> smolcap_merge_report
+{
+    var p = smolcap_merge_params()
+    try check(smolcap_merge_params_init(&p, MemoryLayout<smolcap_merge_params>.size))
+    p.overwrite = overwrite ? 1 : 0
+    if maxShardBytes != 0 { p.max_shard_bytes = maxShardBytes }
+    let dirs = adapters.map { strdup($0.dir) }
+    defer { dirs.forEach { free($0) } }
+    let specs = zip(dirs, adapters).map { smolcap_adapter_spec(dir: UnsafePointer($0.0), scale: $0.1.scale) }
+    var r = smolcap_merge_report()
+    r.struct_size = UInt32(MemoryLayout<smolcap_merge_report>.size)
+    try specs.withUnsafeBufferPointer { sp in
+        try check(smolcap_merge_save(base, sp.baseAddress, sp.count, outDir, &p, &r))
+    }
+    return r
+}
+
+/// Which implementations the caption metrics equal.
+public enum MetricSuite: UInt32 {
+    case seed = 0  // SMOLCAP_SUITE_SEED
+    case coco = 1  // SMOLCAP_SUITE_COCO
+}
+
+/// Caption metric scores (fractions, not percentages).
+public struct Scores {
+    /// Metric names in scorecard order.
+    public let metrics: [String]
+    public let corpus: [String: Double]
+    public let perImage: [String: [Double]]
+}
+
+/// Scores `cands[i]` against the references `refs[i]` (each non-empty).
+public func scoreCaptions(_ cands: [String], refs: [[String]], suite: MetricSuite = .seed) throws
+    -> Scores
+{
+    if cands.count != refs.count {
+        throw SmolcapError(code: SMOLCAP_STATUS_INVALID_ARGUMENT,
+                           message: "scoreCaptions: \(cands.count) candidates but \(refs.count) reference sets")
+    }
+    let c: [UnsafeMutablePointer<CChar>?] = cands.map { strdup($0) }
+    let flat = refs.flatMap { $0 }
+    let r: [UnsafeMutablePointer<CChar>?] = flat.map { strdup($0) }
+    defer { (c + r).forEach { free($0) } }
+    var offsets = [0]
+    for set in refs { offsets.append(offsets.last! + set.count) }
+    let cc = c.map { UnsafePointer($0) }
+    let rc = r.map { UnsafePointer($0) }
+    var out: OpaquePointer? = nil
+    try cc.withUnsafeBufferPointer { cp in
+        try rc.withUnsafeBufferPointer { rp in
+            try check(smolcap_score_captions(cp.baseAddress, cp.count, rp.baseAddress, offsets,
+                                             suite.rawValue, &out))
+        }
+    }
+    defer { smolcap_scores_free(out) }
+    var metrics: [String] = []
+    var corpus: [String: Double] = [:]
+    var perImage: [String: [Double]] = [:]
+    let n = smolcap_scores_count(out)
+    for i in 0..<smolcap_scores_metric_count(out) {
+        var name: UnsafePointer<CChar>? = nil
+        try check(smolcap_scores_metric_name(out, i, &name))
+        let m = String(cString: name!)
+        var v = 0.0
+        try check(smolcap_scores_corpus(out, name, &v))
+        corpus[m] = v
+        var per: [Double] = []
+        for j in 0..<n {
+            try check(smolcap_scores_image(out, j, name, &v))
+            per.append(v)
+        }
+        perImage[m] = per
+        metrics.append(m)
+    }
+    return Scores(metrics: metrics, corpus: corpus, perImage: perImage)
+}
