@@ -55,7 +55,10 @@ impl Linear {
         };
         // A 2-D matmul against the transposed weight avoids a broadcasted batch matmul.
         let x2 = x.reshape((rows, in_dim))?;
-        let mut y = x2.matmul(&weight.t()?)?;
+        let mut y = match crate::model::ops::skinny_matmul(&x2, weight)? {
+            Some(y) => y,
+            None => x2.matmul(&weight.t()?)?,
+        };
         if let Some(b) = bias {
             y = y.broadcast_add(b)?;
         }

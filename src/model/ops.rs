@@ -240,6 +240,90 @@ pub fn attention(
     Ok(Some(q.apply_op3_no_bwd(k, v, &op)?))
 }
 
+/// `y = x Wᵀ` for a few rows of `x` (`[m, in]`, m small) and `W` `[out, in]`: one pass over `W`
+/// split across threads by output rows, so decoding streams the weights at memory speed (a
+/// general gemm with m = 1 runs far below it).
+struct SkinnyMatmul;
+
+impl candle_core::CustomOp2 for SkinnyMatmul {
+    fn name(&self) -> &'static str {
+        "skinny-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(sx, lx, self.name())?;
+        let w = contiguous_f32(sw, lw, self.name())?;
+        let (&[m, k], &[n, k2]) = (lx.dims(), lw.dims()) else {
+            candle_core::bail!("skinny-matmul: expects 2-d operands")
+        };
+        if k != k2 {
+            candle_core::bail!("skinny-matmul: inner sizes {k} and {k2} differ")
+        }
+        const ROWS: usize = 64;
+        // Output laid out [n-block][m][rows] while computing, then transposed to [m, n].
+        let mut blocks = vec![0f32; m * n];
+        blocks
+            .par_chunks_mut(ROWS * m)
+            .enumerate()
+            .for_each(|(bi, out)| {
+                let r0 = bi * ROWS;
+                let rows = out.len() / m;
+                for r in 0..rows {
+                    let wr = &w[(r0 + r) * k..(r0 + r + 1) * k];
+                    for i in 0..m {
+                        out[i * rows + r] = dot(wr, &x[i * k..(i + 1) * k]);
+                    }
+                }
+            });
+        let mut y = vec![0f32; m * n];
+        for (bi, out) in blocks.chunks(ROWS * m).enumerate() {
+            let rows = out.len() / m;
+            for i in 0..m {
+                y[i * n + bi * ROWS..i * n + bi * ROWS + rows]
+                    .copy_from_slice(&out[i * rows..(i + 1) * rows]);
+            }
+        }
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+}
+
+/// Dot product with 16 independent accumulators (vectorises without reassociation flags).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (pa, pb) in ca.zip(cb) {
+        // Fixed-size views let the compiler drop bounds checks and use vector FMAs.
+        let (Ok(pa), Ok(pb)) = (<&[f32; 16]>::try_from(pa), <&[f32; 16]>::try_from(pb)) else {
+            continue;
+        };
+        for j in 0..16 {
+            acc[j] += pa[j] * pb[j];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (p, q) in ra.iter().zip(rb) {
+        s += p * q;
+    }
+    s
+}
+
+/// `x Wᵀ` through the skinny kernel when `x` has at most 8 rows on the CPU in f32; `None`
+/// otherwise (the caller uses a general matmul).
+pub fn skinny_matmul(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    if x.dims().len() != 2 || x.dims()[0] > 8 || !(fast_path(x) && fast_path(w)) {
+        return Ok(None);
+    }
+    Ok(Some(x.apply_op2_no_bwd(w, &SkinnyMatmul)?))
+}
+
 fn fast_path(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous()
 }
@@ -308,6 +392,23 @@ mod tests {
             .to_vec1()
             .unwrap();
         assert_eq!(s, vec![0.0, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn skinny_matmul_matches_matmul() {
+        let x = Tensor::randn(0f32, 1.0, (3, 200), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (131, 200), &Device::Cpu).unwrap();
+        let a = skinny_matmul(&x, &w).unwrap().unwrap();
+        let b = x.matmul(&w.t().unwrap()).unwrap();
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-4, "{d}");
     }
 
     #[test]
