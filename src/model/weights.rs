@@ -127,14 +127,8 @@ impl Weights {
             .find_map(|t| st_to_candle(t.dtype).filter(|d| d.is_float()))
     }
 
-    /// Stored shape of `name`.
-    pub fn shape(&self, name: &str) -> Option<&[usize]> {
-        let si = *self.index.get(name)?;
-        Some(self.shards[si].tensors[name].shape.as_slice())
-    }
-
-    /// The stored dtype, shape and bytes of `name`, untouched (for copying into a new file).
-    pub fn raw(&self, name: &str) -> Result<(StDtype, &[usize], &[u8])> {
+    /// The shard holding `name` and its header entry; a missing tensor is an error naming it.
+    fn locate(&self, name: &str) -> Result<(&Shard, &TensorInfo)> {
         let Some(&si) = self.index.get(name) else {
             let first = self
                 .shards
@@ -144,7 +138,18 @@ impl Weights {
             return Err(Error::format(first, format!("missing tensor {name}")));
         };
         let shard = &self.shards[si];
-        let info = &shard.tensors[name];
+        Ok((shard, &shard.tensors[name]))
+    }
+
+    /// Stored shape of `name`.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        let si = *self.index.get(name)?;
+        Some(self.shards[si].tensors[name].shape.as_slice())
+    }
+
+    /// The stored dtype, shape and bytes of `name`, untouched (for copying into a new file).
+    pub fn raw(&self, name: &str) -> Result<(StDtype, &[usize], &[u8])> {
+        let (shard, info) = self.locate(name)?;
         let start = 8 + shard.header_len + info.data_offsets.0;
         let end = 8 + shard.header_len + info.data_offsets.1;
         let bytes = shard.map.get(start..end).ok_or_else(|| {
@@ -187,16 +192,7 @@ impl Weights {
 
     /// Loads `name` converted to `dtype`.
     pub fn get_as(&self, name: &str, dtype: DType) -> Result<Tensor> {
-        let Some(&si) = self.index.get(name) else {
-            let first = self
-                .shards
-                .first()
-                .map(|s| s.path.clone())
-                .unwrap_or_default();
-            return Err(Error::format(first, format!("missing tensor {name}")));
-        };
-        let shard = &self.shards[si];
-        let info = &shard.tensors[name];
+        let (shard, info) = self.locate(name)?;
         let src = st_to_candle(info.dtype).ok_or_else(|| {
             Error::format(
                 &shard.path,
