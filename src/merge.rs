@@ -9,7 +9,7 @@ use safetensors::tensor::{Dtype as StDtype, View};
 
 use crate::error::{Error, Result};
 use crate::lora::peft::Adapter;
-use crate::model::weights::Weights;
+use crate::model::weights::{st_to_candle, Weights};
 
 /// Files copied from the base directory besides the weights.
 const COPIED: &[&str] = &[
@@ -85,16 +85,6 @@ impl View for &Out {
     fn data_len(&self) -> usize {
         self.data.len()
     }
-}
-
-fn candle_dtype(d: StDtype) -> Option<DType> {
-    Some(match d {
-        StDtype::F32 => DType::F32,
-        StDtype::F16 => DType::F16,
-        StDtype::BF16 => DType::BF16,
-        StDtype::F64 => DType::F64,
-        _ => return None,
-    })
 }
 
 fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
@@ -258,7 +248,8 @@ fn write_all(
         for n in shard {
             let (dt, shape, bytes) = w.raw(n)?;
             let data = if let Some(rep) = replace.get(n) {
-                let target = candle_dtype(dt)
+                let target = st_to_candle(dt)
+                    .filter(|d| d.is_float())
                     .ok_or_else(|| Error::Unsupported(format!("merge into {n} of dtype {dt:?}")))?;
                 if rep.dims() != shape {
                     return Err(Error::format(
@@ -271,7 +262,8 @@ fn write_all(
                 }
                 tensor_bytes(&rep.to_dtype(target)?)?
             } else if let Some(ds) = deltas.get(n) {
-                let target = candle_dtype(dt)
+                let target = st_to_candle(dt)
+                    .filter(|d| d.is_float())
                     .ok_or_else(|| Error::Unsupported(format!("merge into {n} of dtype {dt:?}")))?;
                 let mut acc = w.get_as(n, DType::F32)?;
                 for (a, b, s) in ds {

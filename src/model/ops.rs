@@ -64,6 +64,19 @@ impl CustomOp1 for GeluTanh {
     }
 }
 
+/// `row ← softmax(scale · row)`, with libm `exp` (see `exp_f32` for why not the fast one).
+fn softmax_in_place(row: &mut [f32], scale: f32) {
+    let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
+    for x in row.iter_mut() {
+        *x = (*x * scale - m).exp();
+    }
+    let sum: f32 = row.iter().sum();
+    let inv = 1.0 / sum;
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+}
+
 struct ScaledSoftmax {
     scale: f32,
 }
@@ -82,19 +95,9 @@ impl CustomOp1 for ScaledSoftmax {
         out.par_chunks_mut(rows_per_task * n)
             .zip(x.par_chunks(rows_per_task * n))
             .for_each(|(o, i)| {
-                for (o, i) in o.chunks_mut(n).zip(i.chunks(n)) {
-                    let m = i.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
-                    let mut sum = 0f32;
-                    for (o, &v) in o.iter_mut().zip(i) {
-                        *o = (v * scale - m).exp();
-                    }
-                    for &e in o.iter() {
-                        sum += e;
-                    }
-                    let inv = 1.0 / sum;
-                    for o in o.iter_mut() {
-                        *o *= inv;
-                    }
+                o.copy_from_slice(i);
+                for row in o.chunks_mut(n) {
+                    softmax_in_place(row, scale);
                 }
             });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -197,20 +200,7 @@ impl CustomOp3 for Attention {
                     Some((past, l)) => (past + r % l + 1).min(keys),
                     None => keys,
                 };
-                let m = row[..visible]
-                    .iter()
-                    .fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
-                let mut sum = 0f32;
-                for x in row[..visible].iter_mut() {
-                    *x = (*x * scale - m).exp();
-                }
-                for x in row[..visible].iter() {
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                for x in row[..visible].iter_mut() {
-                    *x *= inv;
-                }
+                softmax_in_place(&mut row[..visible], scale);
                 for x in row[visible..].iter_mut() {
                     *x = 0.0;
                 }

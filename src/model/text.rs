@@ -176,7 +176,8 @@ impl TextModel {
             });
         }
         let norm = RmsNorm::load(w, &format!("{prefix}.norm"), h, cfg.rms_norm_eps)?;
-        let lm_head = if tied || !w.contains("lm_head.weight") && tied_fallback(w, &embed_name) {
+        // A checkpoint without `lm_head.weight` is tied (some exports drop the duplicate).
+        let lm_head = if tied || !w.contains("lm_head.weight") {
             Linear {
                 weight: embed.clone(),
                 bias: None,
@@ -434,9 +435,4 @@ impl TextModel {
             .reshape((b, l, nh * hd))?;
         layer.attn.o.forward(&o, lora)
     }
-}
-
-/// A checkpoint without `lm_head.weight` is treated as tied (some exports drop the duplicate).
-fn tied_fallback(w: &Weights, embed_name: &str) -> bool {
-    w.contains(embed_name)
 }

@@ -222,7 +222,8 @@ impl Weights {
     }
 }
 
-fn st_to_candle(d: StDtype) -> Option<DType> {
+/// The candle dtype of a safetensors dtype, if candle has one.
+pub fn st_to_candle(d: StDtype) -> Option<DType> {
     Some(match d {
         StDtype::F32 => DType::F32,
         StDtype::F16 => DType::F16,
