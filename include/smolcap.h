@@ -202,6 +202,13 @@ typedef struct smolcap_session smolcap_session;
 typedef struct smolcap_stream smolcap_stream;
 
 /**
+ * A LoRA training run over one model. Used by one thread at a time (a concurrent call returns
+ * `SMOLCAP_STATUS_BUSY`); `smolcap_trainer_cancel` may be called from any thread. It keeps the
+ * model alive, so the model may be freed first.
+ */
+typedef struct smolcap_trainer smolcap_trainer;
+
+/**
  * Result code of every fallible smolcap function: `SMOLCAP_STATUS_OK` (0) or one of the
  * `SMOLCAP_STATUS_*` error codes. The numbers are fixed and never reused.
  */
@@ -609,6 +616,186 @@ typedef struct smolcap_nll {
 } smolcap_nll;
 
 /**
+ * Settings of a training run. Initialise with `smolcap_train_params_init(&p, sizeof p)`; NULL
+ * params mean defaults. Strings are borrowed for the call that reads them.
+ */
+typedef struct smolcap_train_params {
+  /**
+   * `sizeof(smolcap_train_params)` as compiled by the caller.
+   */
+  uint32_t struct_size;
+  /**
+   * LoRA rank (default 8).
+   */
+  uint32_t lora_r;
+  /**
+   * LoRA alpha (default 16).
+   */
+  double lora_alpha;
+  /**
+   * Dropout on the LoRA input, in [0, 1) (default 0.05).
+   */
+  double lora_dropout;
+  /**
+   * 1 = scale by alpha/sqrt(r) (rsLoRA), 0 = alpha/r (default 0).
+   */
+  uint32_t use_rslora;
+  /**
+   * Comma-separated module names that get LoRA; NULL = the seed's
+   * "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj".
+   */
+  const char *lora_targets;
+  /**
+   * 1 = also LoRA on matching vision-tower modules (default 0: the tower is frozen).
+   */
+  uint32_t train_vision;
+  /**
+   * 1 = train the connector projection in full, saved as modules_to_save (default 0).
+   */
+  uint32_t train_connector;
+  /**
+   * Peak learning rate (default 1e-4).
+   */
+  double lr;
+  /**
+   * AdamW decoupled weight decay (default 0, as transformers' Trainer).
+   */
+  double weight_decay;
+  /**
+   * Linear warm-up as a fraction of `total_steps` (default 0).
+   */
+  double warmup_ratio;
+  /**
+   * Optimizer steps of the whole run; the learning rate decays linearly to 0 there (default 1).
+   */
+  uint64_t total_steps;
+  /**
+   * Gradient clipping norm; 0 = no clipping (default 1.0).
+   */
+  double max_grad_norm;
+  /**
+   * Examples per forward pass; a step over more examples accumulates gradients (default 1).
+   */
+  uint32_t micro_batch;
+  /**
+   * Seed of LoRA initialisation and dropout (default 42).
+   */
+  uint64_t seed;
+  /**
+   * 1 = recompute activations in the backward pass (less memory, ~30% slower) (default 0).
+   */
+  uint32_t recompute;
+  /**
+   * 1 = QLoRA: frozen decoder weights stored as NF4 (block 64, double quantisation).
+   */
+  uint32_t qlora;
+  /**
+   * Longest sample in tokens, image tokens included (default 2048). Longer captions are
+   * shortened; a sample whose prompt alone does not fit is rejected and counted.
+   */
+  uint32_t max_seq_len;
+  /**
+   * Overrides the processor's longest image edge; 0 = the model's (default 0).
+   */
+  uint32_t image_longest_edge;
+  /**
+   * The instruction that goes with each image; NULL = "Describe this image in detail.".
+   */
+  const char *prompt;
+  /**
+   * The step fails with `SMOLCAP_STATUS_NUMERIC` after this many non-finite steps in a row
+   * (default 10); each such step is skipped with the parameters unchanged.
+   */
+  uint32_t max_bad_steps;
+} smolcap_train_params;
+
+/**
+ * One training example: an image (as for captioning) and its target caption (UTF-8).
+ */
+typedef struct smolcap_train_example {
+  /**
+   * The image, borrowed for the call.
+   */
+  struct smolcap_image image;
+  /**
+   * The caption, NUL-terminated UTF-8, borrowed for the call.
+   */
+  const char *caption;
+} smolcap_train_example;
+
+/**
+ * What one optimizer step did. Set `struct_size = sizeof(smolcap_step_stats)` before the call.
+ */
+typedef struct smolcap_step_stats {
+  /**
+   * `sizeof(smolcap_step_stats)` as compiled by the caller (left unchanged).
+   */
+  uint32_t struct_size;
+  /**
+   * Optimizer steps taken so far (after this one).
+   */
+  uint64_t step;
+  /**
+   * Token-mean cross-entropy of the step's caption tokens.
+   */
+  double loss;
+  /**
+   * Gradient norm before clipping.
+   */
+  double grad_norm;
+  /**
+   * Learning rate used.
+   */
+  double lr;
+  /**
+   * Caption tokens (labels) in the step.
+   */
+  uint64_t tokens;
+  /**
+   * Examples used.
+   */
+  uint32_t examples;
+  /**
+   * Examples rejected because their prompt does not fit `max_seq_len`.
+   */
+  uint32_t rejected;
+  /**
+   * Examples whose caption was shortened to fit `max_seq_len`.
+   */
+  uint32_t truncated;
+  /**
+   * 1 when the step was skipped (non-finite loss or gradients; parameters unchanged).
+   */
+  uint32_t skipped;
+} smolcap_step_stats;
+
+/**
+ * Facts about a trainer. Set `struct_size = sizeof(smolcap_trainer_info)` before the call.
+ */
+typedef struct smolcap_trainer_info {
+  /**
+   * `sizeof(smolcap_trainer_info)` as compiled by the caller (left unchanged).
+   */
+  uint32_t struct_size;
+  /**
+   * Optimizer steps taken.
+   */
+  uint64_t step;
+  /**
+   * Trainable scalars (LoRA factors and trainable modules).
+   */
+  uint64_t trainable_parameters;
+  /**
+   * Bytes of frozen decoder weights the trainer keeps (NF4 codes with QLoRA).
+   */
+  uint64_t resident_weight_bytes;
+  /**
+   * Steps skipped because of non-finite values.
+   */
+  uint64_t skipped_steps;
+} smolcap_trainer_info;
+
+/**
  * Success.
  */
 #define SMOLCAP_STATUS_OK 0
@@ -677,6 +864,11 @@ typedef struct smolcap_nll {
  * An internal error (a tensor operation failed).
  */
 #define SMOLCAP_STATUS_INTERNAL 13
+
+/**
+ * Training produced non-finite loss or gradients too many steps in a row.
+ */
+#define SMOLCAP_STATUS_NUMERIC 14
 
 #ifdef __cplusplus
 extern "C" {
@@ -1087,6 +1279,128 @@ smolcap_status smolcap_stream_result(struct smolcap_stream *stream,
  * `stream` must be NULL or a live stream not used by another thread during this call.
  */
 void smolcap_stream_free(struct smolcap_stream *stream);
+
+/**
+ * Fills `params` with defaults. Pass `sizeof(smolcap_train_params)` as `struct_size`.
+ *
+ * # Safety
+ * `params` must be NULL or point to `struct_size` writable bytes.
+ */
+smolcap_status smolcap_train_params_init(struct smolcap_train_params *params,
+                                         size_t struct_size);
+
+/**
+ * Starts a training run on `model`: new LoRA factors (A as peft initialises them, B zero), or
+ * with `init_adapter_dir` (may be NULL) the factors of an existing PEFT adapter, whose
+ * configuration then decides the targets, rank and alpha. `*out` receives the trainer; free
+ * it with `smolcap_trainer_free`.
+ *
+ * # Safety
+ * `model` NULL or live; `params` NULL or valid; `init_adapter_dir` NULL or NUL-terminated;
+ * `out` NULL or writable.
+ */
+smolcap_status smolcap_trainer_new(const struct smolcap_model *model,
+                                   const struct smolcap_train_params *params,
+                                   const char *init_adapter_dir,
+                                   struct smolcap_trainer **out);
+
+/**
+ * Resumes the run saved by `smolcap_trainer_save_checkpoint` in `checkpoint_dir`: same
+ * parameters, optimizer moments, step, schedule and random streams, so later steps give the
+ * losses an uninterrupted run would. `smolcap_trainer_data_state` returns the data state
+ * saved with it.
+ *
+ * # Safety
+ * `model` NULL or live; `checkpoint_dir` NULL or NUL-terminated; `out` NULL or writable.
+ */
+smolcap_status smolcap_trainer_resume(const struct smolcap_model *model,
+                                      const char *checkpoint_dir,
+                                      struct smolcap_trainer **out);
+
+/**
+ * The data state stored with the checkpoint this trainer was resumed from ("" for a new run,
+ * never NULL; NULL only for a NULL trainer). Valid until the trainer is freed.
+ *
+ * # Safety
+ * `trainer` must be NULL or live.
+ */
+const char *smolcap_trainer_data_state(const struct smolcap_trainer *trainer);
+
+/**
+ * One optimizer step over `n` examples (forward passes of `micro_batch` examples, gradients
+ * accumulated; the loss is the token mean over all of them). A step with non-finite loss or
+ * gradients is skipped with the parameters unchanged (`stats->skipped`). `stats` may be NULL.
+ *
+ * # Safety
+ * `trainer` NULL or live; `examples` NULL or `n` valid examples; `stats` NULL or
+ * `stats->struct_size` writable bytes.
+ */
+smolcap_status smolcap_trainer_step(struct smolcap_trainer *trainer,
+                                    const struct smolcap_train_example *examples_,
+                                    size_t n,
+                                    struct smolcap_step_stats *stats);
+
+/**
+ * Token-mean loss of `n` examples under the current parameters (no dropout, nothing changed):
+ * `*mean_loss` and `*tokens` (either may be NULL).
+ *
+ * # Safety
+ * `trainer` NULL or live; `examples` NULL or `n` valid examples; outputs NULL or writable.
+ */
+smolcap_status smolcap_trainer_eval(struct smolcap_trainer *trainer,
+                                    const struct smolcap_train_example *examples_,
+                                    size_t n,
+                                    double *mean_loss,
+                                    uint64_t *tokens);
+
+/**
+ * Fills `out` (its `struct_size` set by the caller) with facts about the trainer.
+ *
+ * # Safety
+ * `trainer` NULL or live; `out` NULL or `out->struct_size` writable bytes.
+ */
+smolcap_status smolcap_trainer_get_info(struct smolcap_trainer *trainer,
+                                        struct smolcap_trainer_info *out);
+
+/**
+ * Writes the trained adapter to `dir` in PEFT's layout (adapter_config.json +
+ * adapter_model.safetensors), atomically: a failure leaves an existing `dir` untouched.
+ *
+ * # Safety
+ * `trainer` NULL or live; `dir` NULL or NUL-terminated.
+ */
+smolcap_status smolcap_trainer_save_adapter(struct smolcap_trainer *trainer,
+                                            const char *dir);
+
+/**
+ * Writes a checkpoint to `dir` (the adapter, optimizer moments, step and schedule, and
+ * `data_state`, any NUL-terminated UTF-8 text the caller wants back on resume, e.g. the data
+ * position; NULL = none), atomically: temp dir, fsync, rename.
+ *
+ * # Safety
+ * `trainer` NULL or live; `dir` NULL or NUL-terminated; `data_state` NULL or NUL-terminated.
+ */
+smolcap_status smolcap_trainer_save_checkpoint(struct smolcap_trainer *trainer,
+                                               const char *dir,
+                                               const char *data_state);
+
+/**
+ * Asks the step or eval in progress to stop; it returns `SMOLCAP_STATUS_CANCELLED` at the
+ * next micro-batch (parameters unchanged). May be called from any thread; with nothing in
+ * progress it has no effect.
+ *
+ * # Safety
+ * `trainer` must be NULL or live.
+ */
+smolcap_status smolcap_trainer_cancel(struct smolcap_trainer *trainer);
+
+/**
+ * Frees a trainer; NULL is a no-op. Must not race with other calls on it.
+ *
+ * # Safety
+ * `trainer` must be NULL or a live trainer with no call in progress.
+ */
+void smolcap_trainer_free(struct smolcap_trainer *trainer);
 
 /**
  * The library version as "MAJOR.MINOR.PATCH" (static string, never NULL).

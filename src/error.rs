@@ -45,6 +45,9 @@ pub enum Error {
     /// A tensor operation failed (an internal invariant, reported rather than panicking).
     #[error("internal: {0}")]
     Internal(String),
+    /// Training produced non-finite values too many times in a row.
+    #[error("numeric: {0}")]
+    Numeric(String),
 }
 
 impl Error {

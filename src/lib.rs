@@ -13,8 +13,10 @@ pub mod merge;
 pub mod metrics;
 pub mod model;
 pub mod processor;
+pub mod quant;
 pub mod session;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use session::{

@@ -191,6 +191,11 @@ impl Model {
         &self.stop_tokens
     }
 
+    /// The id used to pad batches.
+    pub fn pad_token(&self) -> u32 {
+        self.pad_token
+    }
+
     /// Renders and tokenizes one prompt with its images.
     pub fn prepare(&self, images: &[&SourceImage], opts: &CaptionOptions) -> Result<Prepared> {
         let text = self

@@ -189,3 +189,78 @@ fn rust_metrics_reference_for_the_c_abi() {
         std::fs::write(&path, out).unwrap();
     }
 }
+
+/// The training reference for tests/c/test_train.c, written to `SMOLCAP_TRAIN_OUT`: the `text`
+/// case of tests/fixtures/train (initial adapter, options and examples as torch + peft trained
+/// it) for three steps through the Rust API, tab-separated:
+/// `param <name> <value>`, `example <step> <image file> <caption as hex>`, `loss <step> <{:e}>`.
+#[test]
+fn rust_train_reference_for_the_c_abi() {
+    use smolcap::train::{CollateOptions, Example, LoraOptions, TrainOptions, Trainer};
+    let dir = fixture("train/text");
+    let exp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let opts = TrainOptions {
+        lr: exp["lr"].as_f64().unwrap(),
+        weight_decay: exp["weight_decay"].as_f64().unwrap(),
+        warmup_ratio: exp["warmup_ratio"].as_f64().unwrap(),
+        total_steps: exp["total_steps"].as_u64().unwrap(),
+        max_grad_norm: exp["max_grad_norm"].as_f64().unwrap(),
+        micro_batch: exp["micro_batch"].as_u64().unwrap() as usize,
+        collate: CollateOptions {
+            prompt: exp["prompt"].as_str().unwrap().to_string(),
+            longest_edge: None,
+            max_seq_len: 2048,
+        },
+        ..TrainOptions::default()
+    };
+    let mut out = String::new();
+    for (k, v) in [
+        ("lr", opts.lr),
+        ("weight_decay", opts.weight_decay),
+        ("warmup_ratio", opts.warmup_ratio),
+        ("total_steps", opts.total_steps as f64),
+        ("max_grad_norm", opts.max_grad_norm),
+        ("micro_batch", opts.micro_batch as f64),
+    ] {
+        let _ = writeln!(out, "param\t{k}\t{v:e}");
+    }
+    let model = std::sync::Arc::new(
+        Model::load_dir(&fixture("tiny-idefics3"), &LoadOptions::default()).unwrap(),
+    );
+    let lora = LoraOptions {
+        dropout: 0.0,
+        ..LoraOptions::default()
+    };
+    let mut t = Trainer::new(model, lora, opts, Some(&dir.join("init"))).unwrap();
+    for (i, s) in exp["steps_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(3)
+        .enumerate()
+    {
+        let mut exs = Vec::new();
+        for e in s["examples"].as_array().unwrap() {
+            let img = e["image"].as_str().unwrap();
+            let cap = e["caption"].as_str().unwrap();
+            let _ = writeln!(out, "example\t{i}\t{img}\t{}", hex(cap));
+            exs.push(Example {
+                image: SourceImage::open(fixture("images").join(img), &DecodeLimits::default())
+                    .unwrap(),
+                caption: cap.to_string(),
+            });
+        }
+        let st = t.step(&exs).unwrap();
+        let want = s["loss"].as_f64().unwrap();
+        assert!(
+            ((st.loss - want) / want).abs() < 1e-5,
+            "step {i}: {} vs torch {want}",
+            st.loss
+        );
+        let _ = writeln!(out, "loss\t{i}\t{:e}", st.loss);
+    }
+    if let Ok(path) = std::env::var("SMOLCAP_TRAIN_OUT") {
+        std::fs::write(path, out).unwrap();
+    }
+}

@@ -36,6 +36,7 @@ fixture="$root/tests/fixtures/tiny-idefics3"
 images="$root/tests/fixtures/images"
 expected="$out/expected.txt"
 metrics_ref="$out/metrics.txt"
+train_ref="$out/train.txt"
 scratch="$out/tmp"
 start=$(date +%s)
 step() { echo; echo "== native: $* ($(($(date +%s) - start)) s)"; }
@@ -93,7 +94,7 @@ rm -f "$expected" "$metrics_ref"
 rm -rf "$scratch"
 mkdir -p "$scratch"
 if [ "$profile" = release ]; then rel=(--release); else rel=(); fi
-if SMOLCAP_EXPECTED_OUT="$expected" SMOLCAP_METRICS_OUT="$metrics_ref" cargo test -q "${rel[@]}" --test ffi_reference >"$logs/ffi_reference.log" 2>&1 &&
+if SMOLCAP_EXPECTED_OUT="$expected" SMOLCAP_METRICS_OUT="$metrics_ref" SMOLCAP_TRAIN_OUT="$train_ref" cargo test -q "${rel[@]}" --test ffi_reference >"$logs/ffi_reference.log" 2>&1 &&
     [ -s "$expected" ] && [ -s "$metrics_ref" ]; then
     record ffi_reference ok "$(grep -c "^caption" "$expected") captions + NLL + $(grep -c "^score" "$metrics_ref") metric rows written"
 else
@@ -129,6 +130,8 @@ compile() { # NAME CMD... (compile failures are test failures)
         tests/c/test_basic.c $libs -lm || true
     compile test_adapters_asan gcc "${strict_c[@]}" "${san[@]}" $cflags -o "$bin/test_adapters_asan" \
         tests/c/test_adapters.c $libs -lm || true
+    compile test_train_asan gcc "${strict_c[@]}" "${san[@]}" $cflags -o "$bin/test_train_asan" \
+        tests/c/test_train.c $libs -lm || true
     compile test_threads_asan gcc "${strict_c[@]}" "${san[@]}" $cflags -pthread \
         -o "$bin/test_threads_asan" tests/c/test_threads.c $libs -lm || true
     compile test_cpp_asan g++ "${strict_cxx[@]}" "${san[@]}" -pthread $cflags \
@@ -151,6 +154,8 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 [ -x "$bin/test_basic_asan" ] && run_test test_basic_asan "$bin/test_basic_asan" "$fixture" "$images" "$expected"
 [ -x "$bin/test_adapters_asan" ] && run_test test_adapters_asan "$bin/test_adapters_asan" "$fixture" \
     "$root/tests/fixtures" "$metrics_ref" "$scratch"
+[ -x "$bin/test_train_asan" ] && run_test test_train_asan "$bin/test_train_asan" "$fixture" \
+    "$root/tests/fixtures" "$train_ref" "$scratch"
 [ -x "$bin/test_threads_asan" ] && run_test test_threads_asan "$bin/test_threads_asan" "$fixture" "$images" "$expected"
 [ -x "$bin/test_cpp_asan" ] && run_test test_cpp_asan "$bin/test_cpp_asan" "$fixture" "$images" "$expected"
 unset ASAN_OPTIONS UBSAN_OPTIONS

@@ -25,4 +25,5 @@ pub mod params;
 pub mod session;
 pub mod status;
 pub mod stream;
+pub mod train;
 pub mod version;

@@ -39,6 +39,8 @@ pub const SMOLCAP_STATUS_PANIC: smolcap_status = 11;
 pub const SMOLCAP_STATUS_POISONED: smolcap_status = 12;
 /// An internal error (a tensor operation failed).
 pub const SMOLCAP_STATUS_INTERNAL: smolcap_status = 13;
+/// Training produced non-finite loss or gradients too many steps in a row.
+pub const SMOLCAP_STATUS_NUMERIC: smolcap_status = 14;
 
 /// An error on its way to the C caller: a status and a message naming the problem.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +89,7 @@ pub fn status_of(e: &Error) -> smolcap_status {
         Error::Device(_) => SMOLCAP_STATUS_DEVICE,
         Error::Cancelled => SMOLCAP_STATUS_CANCELLED,
         Error::Internal(_) => SMOLCAP_STATUS_INTERNAL,
+        Error::Numeric(_) => SMOLCAP_STATUS_NUMERIC,
     }
 }
 
@@ -201,6 +204,7 @@ pub extern "C" fn smolcap_status_string(status: smolcap_status) -> *const c_char
         SMOLCAP_STATUS_PANIC => c"panic",
         SMOLCAP_STATUS_POISONED => c"poisoned",
         SMOLCAP_STATUS_INTERNAL => c"internal error",
+        SMOLCAP_STATUS_NUMERIC => c"non-finite values",
         _ => c"unknown status",
     };
     s.as_ptr()

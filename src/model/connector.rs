@@ -9,7 +9,7 @@ use crate::model::weights::Weights;
 
 /// `model.connector`: space-to-depth by `scale_factor`, then `modality_projection.proj`.
 pub struct Connector {
-    scale: usize,
+    pub(crate) scale: usize,
     /// The projection (no bias).
     pub proj: Linear,
 }

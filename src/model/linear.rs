@@ -76,9 +76,9 @@ impl Linear {
 /// LayerNorm with weight and bias.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f32,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    pub(crate) eps: f32,
 }
 
 impl LayerNorm {
@@ -105,8 +105,8 @@ impl LayerNorm {
 /// RMSNorm (Llama) with weight.
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
-    weight: Tensor,
-    eps: f32,
+    pub(crate) weight: Tensor,
+    pub(crate) eps: f32,
 }
 
 impl RmsNorm {

@@ -10,24 +10,24 @@ use crate::model::ops::softmax_scaled;
 use crate::model::vision::activate;
 use crate::model::weights::Weights;
 
-struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+pub(crate) struct Attention {
+    pub(crate) q: Linear,
+    pub(crate) k: Linear,
+    pub(crate) v: Linear,
+    pub(crate) o: Linear,
 }
 
-struct Mlp {
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+pub(crate) struct Mlp {
+    pub(crate) gate: Linear,
+    pub(crate) up: Linear,
+    pub(crate) down: Linear,
 }
 
-struct Layer {
-    input_ln: RmsNorm,
-    attn: Attention,
-    post_ln: RmsNorm,
-    mlp: Mlp,
+pub(crate) struct Layer {
+    pub(crate) input_ln: RmsNorm,
+    pub(crate) attn: Attention,
+    pub(crate) post_ln: RmsNorm,
+    pub(crate) mlp: Mlp,
 }
 
 /// Which positions get logits.
@@ -97,9 +97,9 @@ impl KvCache {
 }
 
 /// Rotary embedding tables indexed by position.
-struct Rope {
-    cos: Tensor,
-    sin: Tensor,
+pub(crate) struct Rope {
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
 }
 
 impl Rope {
@@ -132,11 +132,11 @@ impl Rope {
 /// The Llama decoder with its output head.
 pub struct TextModel {
     cfg: TextConfig,
-    embed: Tensor,
-    layers: Vec<Layer>,
-    norm: RmsNorm,
-    lm_head: Linear,
-    rope: Rope,
+    pub(crate) embed: Tensor,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) norm: RmsNorm,
+    pub(crate) lm_head: Linear,
+    pub(crate) rope: Rope,
 }
 
 impl TextModel {

@@ -17,26 +17,26 @@ pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     })
 }
 
-struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
-    heads: usize,
-    head_dim: usize,
+pub(crate) struct Attention {
+    pub(crate) q: Linear,
+    pub(crate) k: Linear,
+    pub(crate) v: Linear,
+    pub(crate) out: Linear,
+    pub(crate) heads: usize,
+    pub(crate) head_dim: usize,
 }
 
-struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
-    act: Activation,
+pub(crate) struct Mlp {
+    pub(crate) fc1: Linear,
+    pub(crate) fc2: Linear,
+    pub(crate) act: Activation,
 }
 
-struct Layer {
-    ln1: LayerNorm,
-    attn: Attention,
-    ln2: LayerNorm,
-    mlp: Mlp,
+pub(crate) struct Layer {
+    pub(crate) ln1: LayerNorm,
+    pub(crate) attn: Attention,
+    pub(crate) ln2: LayerNorm,
+    pub(crate) mlp: Mlp,
 }
 
 /// The vision encoder: patch embedding, position embedding, encoder layers, final LayerNorm.
@@ -46,8 +46,8 @@ pub struct VisionModel {
     patch_w: Tensor,
     patch_b: Tensor,
     pos: Tensor,
-    layers: Vec<Layer>,
-    post_ln: LayerNorm,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) post_ln: LayerNorm,
 }
 
 impl VisionModel {
@@ -126,6 +126,23 @@ impl VisionModel {
 
     /// Encodes `[n, 3, S, S]` full tiles into `[n, patches, hidden]` (after the final LayerNorm).
     pub fn forward(&self, pixel_values: &Tensor, lora: &LoraSet) -> Result<Tensor> {
+        let mut h = self.embed(pixel_values)?;
+        for layer in &self.layers {
+            let r = h.clone();
+            let x = layer.ln1.forward(&h)?;
+            let x = layer.attn.forward(&x, lora)?;
+            let h1 = (r + x)?;
+            let x = layer.ln2.forward(&h1)?;
+            let x = layer.mlp.fc1.forward(&x, lora)?;
+            let x = activate(&x, layer.mlp.act)?;
+            let x = layer.mlp.fc2.forward(&x, lora)?;
+            h = (h1 + x)?;
+        }
+        self.post_ln.forward(&h)
+    }
+
+    /// Patch and position embeddings of `[n, 3, S, S]` full tiles: `[n, patches, hidden]`.
+    pub fn embed(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let (n, c, hgt, wid) = pixel_values.dims4()?;
         let s = self.cfg.image_size;
         if c != self.cfg.num_channels || hgt != s || wid != s {
@@ -150,19 +167,7 @@ impl VisionModel {
             .matmul(&self.patch_w.t()?)?
             .broadcast_add(&self.patch_b)?
             .reshape((n, g * g, hidden))?;
-        let mut h = emb.broadcast_add(&self.pos.unsqueeze(0)?)?;
-        for layer in &self.layers {
-            let r = h.clone();
-            let x = layer.ln1.forward(&h)?;
-            let x = layer.attn.forward(&x, lora)?;
-            let h1 = (r + x)?;
-            let x = layer.ln2.forward(&h1)?;
-            let x = layer.mlp.fc1.forward(&x, lora)?;
-            let x = activate(&x, layer.mlp.act)?;
-            let x = layer.mlp.fc2.forward(&x, lora)?;
-            h = (h1 + x)?;
-        }
-        self.post_ln.forward(&h)
+        Ok(emb.broadcast_add(&self.pos.unsqueeze(0)?)?)
     }
 }
 
