@@ -12,6 +12,13 @@
  *   thread at a time (concurrent use returns SMOLCAP_STATUS_BUSY); *_cancel works from any
  *   thread. Callbacks run on the calling thread (the log callback on any thread).
  * - A panic inside the library returns SMOLCAP_STATUS_PANIC and poisons the handle.
+ * - Hostile input: sizes are checked against limits before anything is allocated, and a
+ *   violation is SMOLCAP_STATUS_LIMIT naming the limit. Model/adapter files: the "Limit:" fields
+ *   of smolcap_load_params (safetensors header bytes, layers, hidden size, heads, vocabulary,
+ *   positions, vision image size, adapter rank). Per call: smolcap_generate_params
+ *   (max_image_pixels, max_image_bytes, max_prompt_tokens, max_new_tokens <= the model's
+ *   max_position_embeddings, batch_size <= SMOLCAP_MAX_BATCH, max_kv_cache_bytes). JSON files
+ *   are read up to 64 MiB, tokenizer.json up to 1 GiB. Defaults are in README "Hostile input".
  */
 
 #ifndef SMOLCAP_H
@@ -357,6 +364,40 @@ typedef struct smolcap_load_params {
    * Hub revision (branch, tag or commit) when the model is a hub repo id; NULL = "main".
    */
   const char *revision;
+  /**
+   * Limit: largest safetensors JSON header of any weights or adapter file, in bytes
+   * (default 100000000). A larger header is `SMOLCAP_STATUS_LIMIT` before it is read.
+   */
+  uint64_t max_header_bytes;
+  /**
+   * Limit: most layers in config.json, vision or text (default 1024).
+   */
+  uint32_t max_layers;
+  /**
+   * Limit: largest hidden size in config.json, vision or text; intermediate sizes may be 8x
+   * this (default 65536).
+   */
+  uint32_t max_hidden_size;
+  /**
+   * Limit: most attention heads (query or key/value) in config.json (default 1024).
+   */
+  uint32_t max_heads;
+  /**
+   * Limit: largest text vocabulary in config.json (default 4000000).
+   */
+  uint32_t max_vocab;
+  /**
+   * Limit: largest `text_config.max_position_embeddings` (default 1048576).
+   */
+  uint32_t max_positions;
+  /**
+   * Limit: largest `vision_config.image_size` in pixels (default 16384).
+   */
+  uint32_t max_image_size;
+  /**
+   * Limit: largest LoRA rank of adapters loaded for this model (default 4096).
+   */
+  uint32_t max_adapter_rank;
 } smolcap_load_params;
 
 /**
@@ -506,6 +547,11 @@ typedef struct smolcap_generate_params {
    * Largest accepted encoded image, in bytes (default 64 MiB).
    */
   uint64_t max_image_bytes;
+  /**
+   * Limit: largest key/value cache allocated for one batch, in bytes (default 8 GiB);
+   * checked before allocating, from batch size × beams × (prompt + max_new_tokens).
+   */
+  uint64_t max_kv_cache_bytes;
 } smolcap_generate_params;
 
 /**

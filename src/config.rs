@@ -6,10 +6,11 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-/// Upper bounds on config values, checked before any allocation sized by them.
-#[derive(Debug, Clone)]
+/// Upper bounds on what a model or adapter directory may declare (config.json values,
+/// safetensors headers, adapter ranks), checked before any allocation sized by them.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigLimits {
-    /// Largest accepted hidden size (vision or text).
+    /// Largest accepted hidden size (vision or text); intermediate sizes may be 8× this.
     pub max_hidden: usize,
     /// Largest accepted layer count.
     pub max_layers: usize,
@@ -17,15 +18,46 @@ pub struct ConfigLimits {
     pub max_vocab: usize,
     /// Largest accepted head count.
     pub max_heads: usize,
+    /// Largest accepted `text_config.max_position_embeddings` (sizes the RoPE tables).
+    pub max_positions: usize,
+    /// Largest accepted `vision_config.image_size` in pixels.
+    pub max_image_size: usize,
+    /// Largest accepted safetensors JSON header, in bytes (the safetensors crate's own cap).
+    pub max_header_bytes: u64,
+    /// Largest accepted LoRA rank (`r` and `rank_pattern` of adapter_config.json).
+    pub max_adapter_rank: usize,
 }
+
+/// Default of [`ConfigLimits::max_hidden`].
+pub const DEFAULT_MAX_HIDDEN: usize = 65_536;
+/// Default of [`ConfigLimits::max_layers`].
+pub const DEFAULT_MAX_LAYERS: usize = 1_024;
+/// Default of [`ConfigLimits::max_vocab`].
+pub const DEFAULT_MAX_VOCAB: usize = 4_000_000;
+/// Default of [`ConfigLimits::max_heads`].
+pub const DEFAULT_MAX_HEADS: usize = 1_024;
+/// Default of [`ConfigLimits::max_positions`].
+pub const DEFAULT_MAX_POSITIONS: usize = 1 << 20;
+/// Default of [`ConfigLimits::max_image_size`].
+pub const DEFAULT_MAX_IMAGE_SIZE: usize = 16_384;
+/// Default of [`ConfigLimits::max_header_bytes`] (100 MB, as the safetensors crate).
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 100_000_000;
+/// Default of [`ConfigLimits::max_adapter_rank`].
+pub const DEFAULT_MAX_ADAPTER_RANK: usize = 4_096;
+/// Most RoPE table entries (`max_position_embeddings * head_dim / 2`) built at load time.
+pub const MAX_ROPE_ENTRIES: usize = 1 << 27;
 
 impl Default for ConfigLimits {
     fn default() -> Self {
         Self {
-            max_hidden: 65_536,
-            max_layers: 1_024,
-            max_vocab: 4_000_000,
-            max_heads: 1_024,
+            max_hidden: DEFAULT_MAX_HIDDEN,
+            max_layers: DEFAULT_MAX_LAYERS,
+            max_vocab: DEFAULT_MAX_VOCAB,
+            max_heads: DEFAULT_MAX_HEADS,
+            max_positions: DEFAULT_MAX_POSITIONS,
+            max_image_size: DEFAULT_MAX_IMAGE_SIZE,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_adapter_rank: DEFAULT_MAX_ADAPTER_RANK,
         }
     }
 }
@@ -134,7 +166,7 @@ impl ModelConfig {
 
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path, limits: &ConfigLimits) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::fsio::read_text_limited(path, crate::fsio::MAX_JSON_BYTES)?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
         Self::from_json(&v, path, limits)
@@ -204,7 +236,8 @@ impl ModelConfig {
             vision,
             text,
             scale_factor: r.usize_or(root, "", "scale_factor", 2)?,
-            image_token_id: r.usize_or(root, "", "image_token_id", 128_257)? as u32,
+            image_token_id: u32::try_from(r.usize_or(root, "", "image_token_id", 128_257)?)
+                .map_err(|_| r.err("image_token_id".into(), "larger than 2^32 - 1"))?,
             tie_word_embeddings: r.bool_or(root, "", "tie_word_embeddings", tie_default)?,
         };
         cfg.validate(path, limits)?;
@@ -215,7 +248,7 @@ impl ModelConfig {
         let bad = |field: &str, why: String| Error::format(path, format!("{field}: {why}"));
         let v = &self.vision;
         let t = &self.text;
-        let checks: [(&str, usize, usize); 10] = [
+        let checks: [(&str, usize, usize); 13] = [
             ("vision_config.hidden_size", v.hidden_size, l.max_hidden),
             (
                 "vision_config.intermediate_size",
@@ -232,7 +265,8 @@ impl ModelConfig {
                 v.num_attention_heads,
                 l.max_heads,
             ),
-            ("vision_config.image_size", v.image_size, 16_384),
+            ("vision_config.image_size", v.image_size, l.max_image_size),
+            ("vision_config.patch_size", v.patch_size, l.max_image_size),
             ("text_config.hidden_size", t.hidden_size, l.max_hidden),
             (
                 "text_config.intermediate_size",
@@ -250,6 +284,16 @@ impl ModelConfig {
                 l.max_heads,
             ),
             ("text_config.vocab_size", t.vocab_size, l.max_vocab),
+            (
+                "text_config.max_position_embeddings",
+                t.max_position_embeddings,
+                l.max_positions,
+            ),
+            (
+                "text_config.num_key_value_heads",
+                t.num_key_value_heads,
+                l.max_heads,
+            ),
         ];
         for (name, val, max) in checks {
             if val == 0 || val > max {
@@ -303,6 +347,34 @@ impl ModelConfig {
             return Err(bad(
                 "text_config.head_dim",
                 format!("{} is not a positive even size", t.head_dim),
+            ));
+        }
+        let rope = t.max_position_embeddings.saturating_mul(t.head_dim / 2);
+        if rope > MAX_ROPE_ENTRIES {
+            return Err(bad(
+                "text_config.max_position_embeddings",
+                format!(
+                    "{} positions × head_dim {} need a RoPE table of {rope} entries, more than \
+                     the limit of {MAX_ROPE_ENTRIES}",
+                    t.max_position_embeddings, t.head_dim
+                ),
+            ));
+        }
+        for (name, eps) in [
+            ("vision_config.layer_norm_eps", v.layer_norm_eps),
+            ("text_config.rms_norm_eps", t.rms_norm_eps),
+        ] {
+            if !(eps.is_finite() && eps >= 0.0) {
+                return Err(bad(
+                    name,
+                    format!("{eps} is not a finite non-negative number"),
+                ));
+            }
+        }
+        if !(t.rope_linear_factor.is_finite() && t.rope_linear_factor > 0.0) {
+            return Err(bad(
+                "text_config.rope_scaling.factor",
+                format!("{} is not a positive number", t.rope_linear_factor),
             ));
         }
         if !(t.rope_theta.is_finite() && t.rope_theta > 0.0) {

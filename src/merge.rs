@@ -129,6 +129,14 @@ pub fn merge_save(
         ));
     }
     let base_c = std::fs::canonicalize(base_dir).map_err(|e| Error::io(base_dir, e))?;
+    if let Ok(m) = std::fs::symlink_metadata(out_dir) {
+        if !m.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "output directory {} exists and is not a directory",
+                out_dir.display()
+            )));
+        }
+    }
     if let Ok(out_c) = std::fs::canonicalize(out_dir) {
         // The base weights are memory-mapped: never write over them.
         if out_c == base_c {
@@ -221,8 +229,7 @@ fn write_all(
     let mut shards: Vec<Vec<String>> = vec![Vec::new()];
     let mut size = 0u64;
     for n in &names {
-        let (_, _, bytes) = w.raw(n)?;
-        let len = bytes.len() as u64;
+        let len = w.byte_len(n)? as u64;
         if size > 0 && size + len > opts.max_shard_bytes {
             shards.push(Vec::new());
             size = 0;
@@ -246,7 +253,10 @@ fn write_all(
     for (si, shard) in shards.iter().enumerate() {
         let mut outs: Vec<(String, Out)> = Vec::with_capacity(shard.len());
         for n in shard {
-            let (dt, shape, bytes) = w.raw(n)?;
+            let (dt, shape) = match (w.stored_dtype(n), w.shape(n)) {
+                (Some(d), Some(s)) => (d, s),
+                _ => return Err(Error::format(base_dir, format!("missing tensor {n}"))),
+            };
             let data = if let Some(rep) = replace.get(n) {
                 let target = st_to_candle(dt)
                     .filter(|d| d.is_float())
@@ -272,7 +282,7 @@ fn write_all(
                 }
                 tensor_bytes(&acc.to_dtype(target)?)?
             } else {
-                bytes.to_vec()
+                w.raw(n)?.2
             };
             total_size += data.len() as u64;
             weight_map.insert(n.clone(), file_name(si));

@@ -33,7 +33,8 @@ pub struct LoadOptions {
     pub device: Device,
     /// Hub revision when the model is a repo id.
     pub revision: Option<String>,
-    /// Bounds on config values.
+    /// Bounds on config values, safetensors headers and adapter ranks (also used by
+    /// [`Model::load_adapter`]).
     pub config_limits: ConfigLimits,
 }
 
@@ -65,7 +66,18 @@ pub struct CaptionOptions {
     pub vision_chunk: usize,
     /// LoRA adapters applied (unmerged) for this call, each with its multiplier.
     pub adapters: Vec<ActiveAdapter>,
+    /// Most prompts captioned in one batch (beams are bounded by `max_kv_cache_bytes`).
+    pub max_batch: usize,
+    /// Largest key/value cache allocated for one batch, in bytes.
+    pub max_kv_cache_bytes: u64,
 }
+
+/// Default of [`CaptionOptions::max_prompt_tokens`].
+pub const DEFAULT_MAX_PROMPT_TOKENS: usize = 16_384;
+/// Default of [`CaptionOptions::max_batch`].
+pub const DEFAULT_MAX_BATCH: usize = 256;
+/// Default of [`CaptionOptions::max_kv_cache_bytes`] (8 GiB).
+pub const DEFAULT_MAX_KV_CACHE_BYTES: u64 = 8 << 30;
 
 /// A loaded adapter and the multiplier it is applied with (1.0 = as trained).
 #[derive(Debug, Clone)]
@@ -83,9 +95,11 @@ impl Default for CaptionOptions {
             mode: PromptMode::Chat,
             params: GenerateParams::default(),
             longest_edge: None,
-            max_prompt_tokens: 16_384,
+            max_prompt_tokens: DEFAULT_MAX_PROMPT_TOKENS,
             vision_chunk: 4,
             adapters: Vec::new(),
+            max_batch: DEFAULT_MAX_BATCH,
+            max_kv_cache_bytes: DEFAULT_MAX_KV_CACHE_BYTES,
         }
     }
 }
@@ -138,6 +152,7 @@ pub struct Model {
     dir: PathBuf,
     stop_tokens: Vec<u32>,
     pad_token: u32,
+    limits: ConfigLimits,
 }
 
 impl Model {
@@ -157,7 +172,12 @@ impl Model {
         if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
             return Err(Error::Unsupported(format!("compute dtype {dtype:?}")));
         }
-        let weights = Weights::open(dir, dtype, &opts.device)?;
+        let weights = Weights::open_limited(
+            dir,
+            dtype,
+            &opts.device,
+            opts.config_limits.max_header_bytes,
+        )?;
         let net = Idefics3::load(&weights, &cfg)?;
         drop(weights);
         let processor = Processor::load(dir, &cfg)?;
@@ -168,7 +188,13 @@ impl Model {
             dir: dir.to_path_buf(),
             stop_tokens,
             pad_token,
+            limits: opts.config_limits.clone(),
         })
+    }
+
+    /// The load-time limits this model was loaded with (adapters are checked against them).
+    pub fn limits(&self) -> &ConfigLimits {
+        &self.limits
     }
 
     /// The model directory.
@@ -201,7 +227,12 @@ impl Model {
         let text = self
             .processor
             .prompt_text(&opts.prompt, images.len(), opts.mode)?;
-        let p = self.processor.prepare(&text, images, opts.longest_edge)?;
+        let p = self.processor.prepare_limited(
+            &text,
+            images,
+            opts.longest_edge,
+            opts.max_prompt_tokens,
+        )?;
         if p.input_ids.len() > opts.max_prompt_tokens {
             return Err(Error::Limit(format!(
                 "prompt of {} tokens exceeds max_prompt_tokens {}",
@@ -219,7 +250,7 @@ impl Model {
 
     /// Loads a PEFT adapter directory for this model.
     pub fn load_adapter(&self, dir: &Path) -> Result<Adapter> {
-        Adapter::load(dir, &self.net)
+        Adapter::load_limited(dir, &self.net, &self.limits)
     }
 
     /// The LoRA updates of `adapters`, in the compute dtype.
@@ -311,6 +342,14 @@ impl Model {
             return Err(Error::InvalidArgument("empty caption".into()));
         }
         p.input_ids.extend_from_slice(&target);
+        let max_pos = self.net.config().text.max_position_embeddings;
+        if p.input_ids.len() > max_pos {
+            return Err(Error::Limit(format!(
+                "prompt of {prompt_len} tokens + caption of {} tokens exceeds the model's \
+                 max_position_embeddings {max_pos}",
+                target.len()
+            )));
+        }
         let lora = self.lora_set(&opts.adapters)?;
         let logits = self.prompt_logits_lora(&p, Logits::All, opts.vision_chunk, &lora)?;
         // Position i predicts token i+1: the caption's tokens are predicted from prompt_len-1 on.
@@ -340,6 +379,24 @@ impl Model {
         opts.params.validate()?;
         if inputs.is_empty() {
             return Ok(Vec::new());
+        }
+        let beams = match opts.params.strategy {
+            generate::Strategy::Beam(b) => b.num_beams.max(1),
+            _ => 1,
+        };
+        if inputs.len() > opts.max_batch {
+            return Err(Error::Limit(format!(
+                "batch of {} prompts exceeds max_batch {}",
+                inputs.len(),
+                opts.max_batch
+            )));
+        }
+        let max_pos = self.net.config().text.max_position_embeddings;
+        if opts.params.max_new_tokens > max_pos {
+            return Err(Error::Limit(format!(
+                "max_new_tokens {} exceeds the model's max_position_embeddings {max_pos}",
+                opts.params.max_new_tokens
+            )));
         }
         let t0 = Instant::now();
         let preps: Vec<Prepared> = inputs
@@ -387,6 +444,29 @@ impl Model {
             .collect();
         let next_pos: Vec<u32> = preps.iter().map(|p| p.input_ids.len() as u32).collect();
         let capacity = lmax + opts.params.max_new_tokens;
+        if capacity > max_pos {
+            return Err(Error::Limit(format!(
+                "prompt of {lmax} tokens + max_new_tokens {} exceeds the model's \
+                 max_position_embeddings {max_pos}",
+                opts.params.max_new_tokens
+            )));
+        }
+        let tc = &self.net.config().text;
+        let kv_bytes = (tc.num_hidden_layers as u64)
+            .saturating_mul(2)
+            .saturating_mul((b * beams) as u64)
+            .saturating_mul(tc.num_key_value_heads as u64)
+            .saturating_mul(capacity as u64)
+            .saturating_mul(tc.head_dim as u64)
+            .saturating_mul(self.net.dtype().size_in_bytes() as u64);
+        if kv_bytes > opts.max_kv_cache_bytes {
+            return Err(Error::Limit(format!(
+                "the key/value cache for {} sequences × {capacity} positions needs {kv_bytes} \
+                 bytes, more than max_kv_cache_bytes {}",
+                b * beams,
+                opts.max_kv_cache_bytes
+            )));
+        }
         let mut state = BatchState {
             model: self,
             lora: &lora,
@@ -528,7 +608,7 @@ fn special_ids(dir: &Path, p: &Processor) -> Result<(Vec<u32>, u32)> {
         if !path.is_file() {
             continue;
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let text = crate::fsio::read_text_limited(&path, crate::fsio::MAX_JSON_BYTES)?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| Error::format(&path, format!("invalid JSON: {e}")))?;
         if stops.is_empty() {

@@ -12,7 +12,7 @@ pub struct TextTokenizer {
 impl TextTokenizer {
     /// Loads `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::fsio::read_limited(path, crate::fsio::MAX_TOKENIZER_BYTES)?;
         let inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| Error::format(path, format!("invalid tokenizer: {e}")))?;
         Ok(Self { inner })

@@ -134,6 +134,8 @@ compile() { # NAME CMD... (compile failures are test failures)
         tests/c/test_train.c $libs -lm || true
     compile test_threads_asan gcc "${strict_c[@]}" "${san[@]}" $cflags -pthread \
         -o "$bin/test_threads_asan" tests/c/test_threads.c $libs -lm || true
+    compile test_stress_asan gcc "${strict_c[@]}" "${san[@]}" $cflags -pthread \
+        -o "$bin/test_stress_asan" tests/c/test_stress.c $libs -lm || true
     compile test_cpp_asan g++ "${strict_cxx[@]}" "${san[@]}" -pthread $cflags \
         -o "$bin/test_cpp_asan" tests/cpp/test_cpp.cpp $libs || true
     compile example_c gcc "${strict_c[@]}" $cflags -o "$bin/caption_c" examples/c/caption.c $libs || true
@@ -157,6 +159,7 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 [ -x "$bin/test_train_asan" ] && run_test test_train_asan "$bin/test_train_asan" "$fixture" \
     "$root/tests/fixtures" "$train_ref" "$scratch"
 [ -x "$bin/test_threads_asan" ] && run_test test_threads_asan "$bin/test_threads_asan" "$fixture" "$images" "$expected"
+[ -x "$bin/test_stress_asan" ] && run_test test_stress_asan "$bin/test_stress_asan" "$fixture" "$images" 4
 [ -x "$bin/test_cpp_asan" ] && run_test test_cpp_asan "$bin/test_cpp_asan" "$fixture" "$images" "$expected"
 unset ASAN_OPTIONS UBSAN_OPTIONS
 

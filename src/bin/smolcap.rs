@@ -119,6 +119,52 @@ struct ModelArgs {
     /// Device: cpu, cuda[:N] or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Load-time limits (README "Hostile input"): what a model or adapter directory may declare.
+#[derive(Args)]
+struct LimitArgs {
+    /// Largest safetensors JSON header, in bytes.
+    #[arg(long, default_value_t = smolcap::config::DEFAULT_MAX_HEADER_BYTES)]
+    max_header_bytes: u64,
+    /// Most layers in config.json (vision or text).
+    #[arg(long, default_value_t = smolcap::config::DEFAULT_MAX_LAYERS)]
+    max_layers: usize,
+    /// Largest hidden size in config.json (intermediate sizes may be 8x this).
+    #[arg(long, default_value_t = smolcap::config::DEFAULT_MAX_HIDDEN)]
+    max_hidden_size: usize,
+    /// Most attention heads in config.json.
+    #[arg(long, default_value_t = smolcap::config::DEFAULT_MAX_HEADS)]
+    max_heads: usize,
+    /// Largest vocabulary in config.json.
+    #[arg(long, default_value_t = smolcap::config::DEFAULT_MAX_VOCAB)]
+    max_vocab: usize,
+    /// Largest text_config.max_position_embeddings.
+    #[arg(long, default_value_t = smolcap::config::DEFAULT_MAX_POSITIONS)]
+    max_positions: usize,
+    /// Largest vision_config.image_size, in pixels.
+    #[arg(long, default_value_t = smolcap::config::DEFAULT_MAX_IMAGE_SIZE)]
+    max_vision_image_size: usize,
+    /// Largest LoRA rank of a loaded adapter.
+    #[arg(long, default_value_t = smolcap::config::DEFAULT_MAX_ADAPTER_RANK)]
+    max_adapter_rank: usize,
+}
+
+impl LimitArgs {
+    fn to_limits(&self) -> smolcap::config::ConfigLimits {
+        smolcap::config::ConfigLimits {
+            max_hidden: self.max_hidden_size,
+            max_layers: self.max_layers,
+            max_vocab: self.max_vocab,
+            max_heads: self.max_heads,
+            max_positions: self.max_positions,
+            max_image_size: self.max_vision_image_size,
+            max_header_bytes: self.max_header_bytes,
+            max_adapter_rank: self.max_adapter_rank,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -141,9 +187,16 @@ struct PromptArgs {
     /// Largest accepted encoded image, in bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     max_image_bytes: u64,
-    /// Longest accepted prompt in tokens.
-    #[arg(long, default_value_t = 16_384)]
+    /// Longest accepted prompt in tokens (image tokens included; checked before the image
+    /// tiles are allocated).
+    #[arg(long, default_value_t = smolcap::session::DEFAULT_MAX_PROMPT_TOKENS)]
     max_prompt_tokens: usize,
+    /// Largest key/value cache allocated for one batch, in bytes.
+    #[arg(long, default_value_t = smolcap::session::DEFAULT_MAX_KV_CACHE_BYTES)]
+    max_kv_cache_bytes: u64,
+    /// Most images captioned in one batch (--batch-size is checked against it).
+    #[arg(long, default_value_t = smolcap::session::DEFAULT_MAX_BATCH)]
+    max_batch: usize,
 }
 
 #[derive(Args)]
@@ -232,7 +285,7 @@ fn load_model(a: &ModelArgs) -> AnyResult<Model> {
         dtype: Some(smolcap::device::parse_dtype(&a.dtype)?),
         device: smolcap::device::parse_device(&a.device)?,
         revision: a.revision.clone(),
-        ..Default::default()
+        config_limits: a.limits.to_limits(),
     };
     Ok(Model::load(&a.model, &opts)?)
 }
@@ -288,6 +341,8 @@ fn caption_options(p: &PromptArgs) -> CaptionOptions {
         },
         longest_edge: p.image_longest_edge,
         max_prompt_tokens: p.max_prompt_tokens,
+        max_kv_cache_bytes: p.max_kv_cache_bytes,
+        max_batch: p.max_batch,
         ..Default::default()
     }
 }

@@ -11,6 +11,7 @@ use super::handles::{self, PoisonOnUnwind};
 use super::log::{emit, SMOLCAP_LOG_INFO};
 use super::params::{self, Versioned};
 use super::status::{entry, smolcap_status, FfiError, FfiResult};
+use crate::config::ConfigLimits;
 use crate::ffi_field_end;
 use crate::session::{LoadOptions, Model};
 
@@ -36,6 +37,24 @@ pub struct smolcap_load_params {
     pub device: *const c_char,
     /// Hub revision (branch, tag or commit) when the model is a hub repo id; NULL = "main".
     pub revision: *const c_char,
+    /// Limit: largest safetensors JSON header of any weights or adapter file, in bytes
+    /// (default 100000000). A larger header is `SMOLCAP_STATUS_LIMIT` before it is read.
+    pub max_header_bytes: u64,
+    /// Limit: most layers in config.json, vision or text (default 1024).
+    pub max_layers: u32,
+    /// Limit: largest hidden size in config.json, vision or text; intermediate sizes may be 8x
+    /// this (default 65536).
+    pub max_hidden_size: u32,
+    /// Limit: most attention heads (query or key/value) in config.json (default 1024).
+    pub max_heads: u32,
+    /// Limit: largest text vocabulary in config.json (default 4000000).
+    pub max_vocab: u32,
+    /// Limit: largest `text_config.max_position_embeddings` (default 1048576).
+    pub max_positions: u32,
+    /// Limit: largest `vision_config.image_size` in pixels (default 16384).
+    pub max_image_size: u32,
+    /// Limit: largest LoRA rank of adapters loaded for this model (default 4096).
+    pub max_adapter_rank: u32,
 }
 
 // SAFETY: repr(C), starts with `struct_size: u32`, fields are integers and raw pointers.
@@ -43,11 +62,20 @@ unsafe impl Versioned for smolcap_load_params {
     const NAME: &'static str = "smolcap_load_params";
     const V1_SIZE: usize = ffi_field_end!(smolcap_load_params, revision, *const c_char);
     fn defaults() -> Self {
+        let l = ConfigLimits::default();
         Self {
             struct_size: std::mem::size_of::<Self>() as u32,
             dtype: SMOLCAP_DTYPE_DEFAULT,
             device: std::ptr::null(),
             revision: std::ptr::null(),
+            max_header_bytes: l.max_header_bytes,
+            max_layers: l.max_layers as u32,
+            max_hidden_size: l.max_hidden as u32,
+            max_heads: l.max_heads as u32,
+            max_vocab: l.max_vocab as u32,
+            max_positions: l.max_positions as u32,
+            max_image_size: l.max_image_size as u32,
+            max_adapter_rank: l.max_adapter_rank as u32,
         }
     }
 }
@@ -140,6 +168,33 @@ fn cstring(s: impl Into<String>) -> CString {
     CString::new(s.into().replace('\0', "\u{FFFD}")).unwrap_or_default()
 }
 
+/// The load-time limits of `p`; each must be at least 1.
+fn config_limits(p: &smolcap_load_params) -> FfiResult<ConfigLimits> {
+    let pos = |v: u32, what: &str| -> FfiResult<usize> {
+        if v == 0 {
+            return Err(FfiError::invalid(format!(
+                "params.{what} must be at least 1"
+            )));
+        }
+        Ok(v as usize)
+    };
+    if p.max_header_bytes == 0 {
+        return Err(FfiError::invalid(
+            "params.max_header_bytes must be at least 1",
+        ));
+    }
+    Ok(ConfigLimits {
+        max_hidden: pos(p.max_hidden_size, "max_hidden_size")?,
+        max_layers: pos(p.max_layers, "max_layers")?,
+        max_vocab: pos(p.max_vocab, "max_vocab")?,
+        max_heads: pos(p.max_heads, "max_heads")?,
+        max_positions: pos(p.max_positions, "max_positions")?,
+        max_image_size: pos(p.max_image_size, "max_image_size")?,
+        max_header_bytes: p.max_header_bytes,
+        max_adapter_rank: pos(p.max_adapter_rank, "max_adapter_rank")?,
+    })
+}
+
 fn load(spec: &str, p: &smolcap_load_params) -> FfiResult<ModelShared> {
     let dtype = match p.dtype {
         SMOLCAP_DTYPE_DEFAULT => None,
@@ -164,7 +219,7 @@ fn load(spec: &str, p: &smolcap_load_params) -> FfiResult<ModelShared> {
         dtype,
         device,
         revision: revision.map(str::to_string),
-        ..LoadOptions::default()
+        config_limits: config_limits(p)?,
     };
     let t0 = Instant::now();
     let model = Model::load(spec, &opts).map_err(|e| FfiError::from(e).context(spec))?;

@@ -99,6 +99,9 @@ pub struct smolcap_generate_params {
     pub max_image_pixels: u64,
     /// Largest accepted encoded image, in bytes (default 64 MiB).
     pub max_image_bytes: u64,
+    /// Limit: largest key/value cache allocated for one batch, in bytes (default 8 GiB);
+    /// checked before allocating, from batch size × beams × (prompt + max_new_tokens).
+    pub max_kv_cache_bytes: u64,
 }
 
 // SAFETY: repr(C), starts with `struct_size: u32`, fields are integers, floats and pointers.
@@ -131,6 +134,7 @@ unsafe impl Versioned for smolcap_generate_params {
             vision_chunk: c.vision_chunk as u32,
             max_image_pixels: l.max_pixels,
             max_image_bytes: l.max_encoded_bytes,
+            max_kv_cache_bytes: c.max_kv_cache_bytes,
         }
     }
 }
@@ -233,6 +237,11 @@ pub(crate) unsafe fn settings(
     }
     let max_prompt_tokens = nonzero(p.max_prompt_tokens, "max_prompt_tokens")?;
     let vision_chunk = nonzero(p.vision_chunk, "vision_chunk")?;
+    if p.max_kv_cache_bytes == 0 {
+        return Err(FfiError::invalid(
+            "params.max_kv_cache_bytes must be at least 1",
+        ));
+    }
     if p.max_image_pixels == 0 || p.max_image_bytes == 0 {
         return Err(FfiError::invalid(
             "params.max_image_pixels and params.max_image_bytes must be at least 1",
@@ -260,6 +269,8 @@ pub(crate) unsafe fn settings(
             max_prompt_tokens,
             vision_chunk,
             adapters: Vec::new(),
+            max_batch: SMOLCAP_MAX_BATCH as usize,
+            max_kv_cache_bytes: p.max_kv_cache_bytes,
         },
         limits: DecodeLimits {
             max_pixels: p.max_image_pixels,

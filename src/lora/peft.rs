@@ -8,12 +8,14 @@ use candle_core::{DType, Tensor};
 use serde_json::Value;
 
 use super::{LoraPair, LoraSet};
+use crate::config::ConfigLimits;
 use crate::error::{Error, Result};
 use crate::model::weights::Weights;
 use crate::model::Idefics3;
 
-/// Largest LoRA rank accepted (a bound checked before allocating).
-pub const MAX_RANK: usize = 4096;
+/// Largest LoRA rank accepted by default (a bound checked before allocating; see
+/// [`crate::config::ConfigLimits::max_adapter_rank`]).
+pub const MAX_RANK: usize = crate::config::DEFAULT_MAX_ADAPTER_RANK;
 
 /// Which modules an adapter targets: a list of name suffixes or one regular expression.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,14 +58,24 @@ pub struct AdapterConfig {
 impl AdapterConfig {
     /// Parses `adapter_config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_file_limited(path, MAX_RANK)
+    }
+
+    /// [`AdapterConfig::from_file`] accepting ranks up to `max_rank`.
+    pub fn from_file_limited(path: &Path, max_rank: usize) -> Result<Self> {
+        let text = crate::fsio::read_text_limited(path, crate::fsio::MAX_JSON_BYTES)?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
-        Self::from_json(v, path)
+        Self::from_json_limited(v, path, max_rank)
     }
 
     /// Builds the config from parsed JSON; `path` names the file in errors.
     pub fn from_json(v: Value, path: &Path) -> Result<Self> {
+        Self::from_json_limited(v, path, MAX_RANK)
+    }
+
+    /// [`AdapterConfig::from_json`] accepting ranks up to `max_rank`.
+    pub fn from_json_limited(v: Value, path: &Path, max_rank: usize) -> Result<Self> {
         let bad = |k: &str, m: String| Error::format(path, format!("{k}: {m}"));
         let o = v
             .as_object()
@@ -93,7 +105,7 @@ impl AdapterConfig {
             }
         }
         if let Some(tp) = o.get("target_parameters") {
-            if !tp.is_null() && tp.as_array().is_none_or(|a| !a.is_empty()) {
+            if !tp.is_null() && tp.as_array().is_none_or(|a: &Vec<Value>| !a.is_empty()) {
                 return Err(Error::Unsupported(format!(
                     "{}: target_parameters",
                     path.display()
@@ -103,15 +115,19 @@ impl AdapterConfig {
         let r = o
             .get("r")
             .and_then(Value::as_u64)
-            .ok_or_else(|| bad("r", "missing or not a positive integer".into()))?
-            as usize;
-        if r == 0 || r > MAX_RANK {
-            return Err(bad("r", format!("{r} is outside 1..={MAX_RANK}")));
+            .ok_or_else(|| bad("r", "missing or not a positive integer".into()))?;
+        if r == 0 || r > max_rank as u64 {
+            return Err(Error::Limit(format!(
+                "{}: r: rank {r} is outside 1..={max_rank}",
+                path.display()
+            )));
         }
+        let r = r as usize;
         let lora_alpha = match o.get("lora_alpha") {
             None | Some(Value::Null) => 8.0,
             Some(x) => x
                 .as_f64()
+                .filter(|a| a.is_finite())
                 .ok_or_else(|| bad("lora_alpha", format!("expected a number, got {x}")))?,
         };
         let target_modules = match o.get("target_modules") {
@@ -132,6 +148,10 @@ impl AdapterConfig {
                 ))
             }
         };
+        if let TargetModules::Regex(re) = &target_modules {
+            regex::Regex::new(&format!("^(?:{re})$"))
+                .map_err(|e| bad("target_modules", format!("invalid regex {re:?}: {e}")))?;
+        }
         let strings = |k: &str| -> Result<Vec<String>> {
             match o.get(k) {
                 None | Some(Value::Null) => Ok(Vec::new()),
@@ -151,15 +171,14 @@ impl AdapterConfig {
             for (k, x) in m {
                 let n = x
                     .as_u64()
-                    .ok_or_else(|| bad("rank_pattern", format!("{k}: expected an integer")))?
-                    as usize;
-                if n == 0 || n > MAX_RANK {
-                    return Err(bad(
-                        "rank_pattern",
-                        format!("{k}: rank {n} outside 1..={MAX_RANK}"),
-                    ));
+                    .ok_or_else(|| bad("rank_pattern", format!("{k}: expected an integer")))?;
+                if n == 0 || n > max_rank as u64 {
+                    return Err(Error::Limit(format!(
+                        "{}: rank_pattern: {k}: rank {n} is outside 1..={max_rank}",
+                        path.display()
+                    )));
                 }
-                rank_pattern.insert(k.clone(), n);
+                rank_pattern.insert(k.clone(), n as usize);
             }
         }
         let mut alpha_pattern = BTreeMap::new();
@@ -167,13 +186,26 @@ impl AdapterConfig {
             for (k, x) in m {
                 let a = x
                     .as_f64()
+                    .filter(|a| a.is_finite())
                     .ok_or_else(|| bad("alpha_pattern", format!("{k}: expected a number")))?;
                 alpha_pattern.insert(k.clone(), a);
             }
         }
+        for (field, keys) in [
+            ("rank_pattern", rank_pattern.keys().collect::<Vec<_>>()),
+            ("alpha_pattern", alpha_pattern.keys().collect::<Vec<_>>()),
+        ] {
+            for k in keys {
+                regex::Regex::new(&format!(r"^(?:.*\.)?(?:{k})$"))
+                    .map_err(|e| bad(field, format!("{k}: invalid regex: {e}")))?;
+            }
+        }
         let layers_to_transform = match o.get("layers_to_transform") {
             None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => Some(vec![n.as_u64().unwrap_or(0) as usize]),
+            Some(Value::Number(n)) => Some(vec![n
+                .as_u64()
+                .ok_or_else(|| bad("layers_to_transform", format!("{n}")))?
+                as usize]),
             Some(Value::Array(a)) => Some(
                 a.iter()
                     .map(|x| {
@@ -332,14 +364,37 @@ impl Adapter {
         Self::load_with_shapes(dir, &shapes, model.device())
     }
 
+    /// [`Adapter::load`] with explicit limits (adapter rank, safetensors header size).
+    pub fn load_limited(dir: &Path, model: &Idefics3, limits: &ConfigLimits) -> Result<Self> {
+        let shapes: ModuleShapes = model
+            .linears()
+            .into_iter()
+            .map(|l| {
+                let d = l.weight.dims();
+                (l.name.clone(), (d[1], d[0], l.bias.is_some()))
+            })
+            .collect();
+        Self::load_with_shapes_limited(dir, &shapes, model.device(), limits)
+    }
+
     /// Loads `dir` checking it against linear-module shapes `name → (in, out, has_bias)`.
     pub fn load_with_shapes(
         dir: &Path,
         shapes: &ModuleShapes,
         device: &candle_core::Device,
     ) -> Result<Self> {
+        Self::load_with_shapes_limited(dir, shapes, device, &ConfigLimits::default())
+    }
+
+    /// [`Adapter::load_with_shapes`] with explicit limits.
+    pub fn load_with_shapes_limited(
+        dir: &Path,
+        shapes: &ModuleShapes,
+        device: &candle_core::Device,
+        limits: &ConfigLimits,
+    ) -> Result<Self> {
         let cfg_path = dir.join("adapter_config.json");
-        let config = AdapterConfig::from_file(&cfg_path)?;
+        let config = AdapterConfig::from_file_limited(&cfg_path, limits.max_adapter_rank)?;
         let st = dir.join("adapter_model.safetensors");
         if !st.is_file() {
             if dir.join("adapter_model.bin").exists() {
@@ -353,7 +408,12 @@ impl Adapter {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "missing"),
             ));
         }
-        let w = Weights::from_files(std::slice::from_ref(&st), DType::F32, device)?;
+        let w = Weights::from_files_limited(
+            std::slice::from_ref(&st),
+            DType::F32,
+            device,
+            limits.max_header_bytes,
+        )?;
         let fmt = |m: String| Error::format(&st, m);
         let mut a_parts: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut b_parts: BTreeMap<String, Tensor> = BTreeMap::new();
@@ -368,22 +428,38 @@ impl Adapter {
             let rest = rest
                 .replace(".lora_A.default.weight", ".lora_A.weight")
                 .replace(".lora_B.default.weight", ".lora_B.weight");
-            if let Some(m) = rest.strip_suffix(".lora_A.weight") {
-                a_parts.insert(m.to_string(), w.get_any(key)?);
+            let (parts, m) = if let Some(m) = rest.strip_suffix(".lora_A.weight") {
+                (&mut a_parts, m)
             } else if let Some(m) = rest.strip_suffix(".lora_B.weight") {
-                b_parts.insert(m.to_string(), w.get_any(key)?);
+                (&mut b_parts, m)
             } else if rest.contains("lora_embedding") || rest.contains("lora_magnitude") {
                 return Err(Error::Unsupported(format!(
                     "{}: tensor {key} (LoRA on embeddings / DoRA)",
                     st.display()
                 )));
             } else if let Some(m) = rest.strip_suffix(".weight") {
+                w.check_float(key)?;
                 saved.entry(m.to_string()).or_default().0 = Some(w.get_any(key)?);
+                continue;
             } else if let Some(m) = rest.strip_suffix(".bias") {
+                w.check_float(key)?;
                 saved.entry(m.to_string()).or_default().1 = Some(w.get_any(key)?);
+                continue;
             } else {
                 return Err(fmt(format!(
                     "tensor {key}: not a LoRA factor or a saved module weight"
+                )));
+            };
+            w.check_float(key)?;
+            if w.shape(key).map_or(0, <[usize]>::len) != 2 {
+                return Err(fmt(format!(
+                    "tensor {key} has shape {:?}, expected a matrix",
+                    w.shape(key).unwrap_or(&[])
+                )));
+            }
+            if parts.insert(m.to_string(), w.get_any(key)?).is_some() {
+                return Err(fmt(format!(
+                    "tensor {key}: module {m} has this LoRA factor twice (with and without .default)"
                 )));
             }
         }

@@ -6,18 +6,79 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use memmap2::Mmap;
 use safetensors::tensor::{Dtype as StDtype, TensorInfo};
 
+use crate::config::DEFAULT_MAX_HEADER_BYTES;
 use crate::error::{Error, Result};
 
-/// One mapped safetensors file with its parsed header.
+/// One safetensors file with its parsed header. Tensors are read with `pread`, never through
+/// a memory map: a file truncated or rewritten while loaded gives an I/O error, not SIGBUS.
 struct Shard {
     path: PathBuf,
     file: File,
-    map: Mmap,
+    /// Length of the file when its header was checked.
+    file_len: u64,
     header_len: usize,
     tensors: HashMap<String, TensorInfo>,
+}
+
+/// Reads and validates the header of the safetensors file at `path`: the 8-byte length is at
+/// most `max_header_bytes` and inside the file, the JSON is a valid safetensors header (known
+/// dtypes, shapes whose byte sizes match their offsets, offsets contiguous from 0 without
+/// overlaps or gaps), and the data section ends exactly at the end of the file.
+fn read_header(
+    path: &Path,
+    file: &File,
+    max_header_bytes: u64,
+) -> Result<(u64, usize, HashMap<String, TensorInfo>)> {
+    let bad = |m: String| Error::format(path, m);
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if file_len < 8 {
+        return Err(bad(format!(
+            "invalid safetensors file: {file_len} bytes, shorter than the 8-byte header length"
+        )));
+    }
+    let mut n8 = [0u8; 8];
+    file.read_exact_at(&mut n8, 0)
+        .map_err(|e| Error::io(path, e))?;
+    let n = u64::from_le_bytes(n8);
+    if n > max_header_bytes {
+        return Err(Error::Limit(format!(
+            "{}: safetensors header of {n} bytes exceeds the limit of {max_header_bytes}",
+            path.display()
+        )));
+    }
+    if n < 2 || n > file_len - 8 {
+        return Err(bad(format!(
+            "invalid safetensors file: header length {n} does not fit in the file of {file_len} bytes"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact_at(&mut header, 8)
+        .map_err(|e| Error::io(path, e))?;
+    let text = std::str::from_utf8(&header)
+        .map_err(|e| bad(format!("invalid safetensors header: not UTF-8 ({e})")))?;
+    let meta: safetensors::tensor::Metadata =
+        serde_json::from_str(text).map_err(|e| bad(format!("invalid safetensors header: {e}")))?;
+    let data_len = meta.data_len() as u64;
+    let expected = 8 + n + data_len;
+    if expected > file_len {
+        return Err(bad(format!(
+            "truncated safetensors file: the header describes {expected} bytes, the file has {file_len}"
+        )));
+    }
+    if expected < file_len {
+        return Err(bad(format!(
+            "invalid safetensors file: {} trailing bytes after the last tensor",
+            file_len - expected
+        )));
+    }
+    let tensors = meta
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.clone()))
+        .collect();
+    Ok((file_len, n as usize, tensors))
 }
 
 /// The tensors of a checkpoint, loaded on demand into the compute dtype.
@@ -32,6 +93,16 @@ pub struct Weights {
 impl Weights {
     /// Opens `model.safetensors` or `model.safetensors.index.json` in `dir`.
     pub fn open(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Self::open_limited(dir, dtype, device, DEFAULT_MAX_HEADER_BYTES)
+    }
+
+    /// [`Weights::open`] with a bound on each file's safetensors header.
+    pub fn open_limited(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        max_header_bytes: u64,
+    ) -> Result<Self> {
         let single = dir.join("model.safetensors");
         let index_path = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if single.is_file() {
@@ -56,25 +127,26 @@ impl Weights {
                 "no model.safetensors or model.safetensors.index.json in this directory",
             ));
         };
-        Self::from_files(&files, dtype, device)
+        Self::from_files_limited(&files, dtype, device, max_header_bytes)
     }
 
-    /// Maps and validates the given safetensors files.
+    /// Opens and validates the given safetensors files.
     pub fn from_files(files: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
+        Self::from_files_limited(files, dtype, device, DEFAULT_MAX_HEADER_BYTES)
+    }
+
+    /// [`Weights::from_files`] with a bound on each file's safetensors header.
+    pub fn from_files_limited(
+        files: &[PathBuf],
+        dtype: DType,
+        device: &Device,
+        max_header_bytes: u64,
+    ) -> Result<Self> {
         let mut shards = Vec::with_capacity(files.len());
         let mut index = HashMap::new();
         for (i, path) in files.iter().enumerate() {
             let file = File::open(path).map_err(|e| Error::io(path, e))?;
-            // SAFETY: the map is read-only and never written; the header check below verifies
-            // the file length covers every tensor, so reads stay inside the mapping.
-            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-            let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map)
-                .map_err(|e| Error::format(path, format!("invalid safetensors file: {e}")))?;
-            let tensors: HashMap<String, TensorInfo> = meta
-                .tensors()
-                .into_iter()
-                .map(|(k, v)| (k, v.clone()))
-                .collect();
+            let (file_len, header_len, tensors) = read_header(path, &file, max_header_bytes)?;
             for name in tensors.keys() {
                 if let Some(prev) = index.insert(name.clone(), i) {
                     return Err(Error::format(
@@ -86,7 +158,7 @@ impl Weights {
             shards.push(Shard {
                 path: path.clone(),
                 file,
-                map,
+                file_len,
                 header_len,
                 tensors,
             });
@@ -147,14 +219,39 @@ impl Weights {
         Some(self.shards[si].tensors[name].shape.as_slice())
     }
 
-    /// The stored dtype, shape and bytes of `name`, untouched (for copying into a new file).
-    pub fn raw(&self, name: &str) -> Result<(StDtype, &[usize], &[u8])> {
+    /// The byte range of `name` in its file, checked against the file's length.
+    fn range(&self, name: &str) -> Result<(&Shard, &TensorInfo, u64, usize)> {
         let (shard, info) = self.locate(name)?;
-        let start = 8 + shard.header_len + info.data_offsets.0;
-        let end = 8 + shard.header_len + info.data_offsets.1;
-        let bytes = shard.map.get(start..end).ok_or_else(|| {
-            Error::format(&shard.path, format!("tensor {name} lies outside the file"))
-        })?;
+        let start = 8 + shard.header_len as u64 + info.data_offsets.0 as u64;
+        let len = info.data_offsets.1.saturating_sub(info.data_offsets.0);
+        if start + len as u64 > shard.file_len {
+            return Err(Error::format(
+                &shard.path,
+                format!("tensor {name} lies outside the file"),
+            ));
+        }
+        Ok((shard, info, start, len))
+    }
+
+    /// Reads the stored bytes of `name` (an I/O error if the file shrank since it was opened).
+    fn read_bytes(&self, shard: &Shard, start: u64, len: usize) -> Result<Vec<u8>> {
+        let mut bytes = vec![0u8; len];
+        shard
+            .file
+            .read_exact_at(&mut bytes, start)
+            .map_err(|e| Error::io(&shard.path, e))?;
+        Ok(bytes)
+    }
+
+    /// Stored size of `name` in bytes.
+    pub fn byte_len(&self, name: &str) -> Result<usize> {
+        Ok(self.range(name)?.3)
+    }
+
+    /// The stored dtype, shape and bytes of `name`, untouched (for copying into a new file).
+    pub fn raw(&self, name: &str) -> Result<(StDtype, &[usize], Vec<u8>)> {
+        let (shard, info, start, len) = self.range(name)?;
+        let bytes = self.read_bytes(shard, start, len)?;
         Ok((info.dtype, info.shape.as_slice(), bytes))
     }
 
@@ -172,17 +269,42 @@ impl Weights {
         out
     }
 
-    /// Loads `name`, checks it has `shape`, and converts it to the compute dtype.
+    /// The stored dtype of `name`.
+    pub fn stored_dtype(&self, name: &str) -> Option<StDtype> {
+        let si = *self.index.get(name)?;
+        Some(self.shards[si].tensors[name].dtype)
+    }
+
+    /// Loads `name`, checks it has `shape` and a floating dtype (both from the header, before
+    /// reading), and converts it to the compute dtype.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.get_any(name)?;
-        if t.dims() != shape {
-            let path = &self.shards[self.index[name]].path;
+        let (shard, info) = self.locate(name)?;
+        if info.shape != shape {
             return Err(Error::format(
-                path,
-                format!("tensor {name} has shape {:?}, expected {shape:?}", t.dims()),
+                &shard.path,
+                format!(
+                    "tensor {name} has shape {:?}, expected {shape:?}",
+                    info.shape
+                ),
             ));
         }
-        Ok(t)
+        self.check_float(name)?;
+        self.get_any(name)
+    }
+
+    /// Fails unless `name` is stored as a floating-point dtype, naming the tensor.
+    pub fn check_float(&self, name: &str) -> Result<()> {
+        let (shard, info) = self.locate(name)?;
+        if !st_to_candle(info.dtype).is_some_and(|d| d.is_float()) {
+            return Err(Error::format(
+                &shard.path,
+                format!(
+                    "tensor {name} has dtype {:?}, expected a floating-point dtype",
+                    info.dtype
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Loads `name` with whatever shape it has, converted to the compute dtype.
@@ -199,21 +321,10 @@ impl Weights {
                 format!("tensor {name} has unsupported dtype {:?}", info.dtype),
             )
         })?;
-        let start = 8 + shard.header_len + info.data_offsets.0;
-        let len = info.data_offsets.1 - info.data_offsets.0;
-        if start + len > shard.map.len() {
-            return Err(Error::format(
-                &shard.path,
-                format!("tensor {name} lies outside the file"),
-            ));
-        }
-        // Read instead of touching the mapping: mapped pages would count in the resident set
-        // on top of the converted copy (peak RSS ≈ 2× the weights).
-        let mut bytes = vec![0u8; len];
-        shard
-            .file
-            .read_exact_at(&mut bytes, start as u64)
-            .map_err(|e| Error::io(&shard.path, e))?;
+        let (shard, _, start, len) = self.range(name)?;
+        // Read instead of mapping: mapped pages would count in the resident set on top of the
+        // converted copy (peak RSS ≈ 2× the weights), and a shrunk file would raise SIGBUS.
+        let bytes = self.read_bytes(shard, start, len)?;
         let t = Tensor::from_raw_buffer(&bytes, src, &info.shape, &Device::Cpu)
             .map_err(|e| Error::format(&shard.path, format!("tensor {name}: {e}")))?;
         drop(bytes);
@@ -238,7 +349,7 @@ pub fn st_to_candle(d: StDtype) -> Option<DType> {
 
 /// The distinct shard files named by a `model.safetensors.index.json`, in first-seen order.
 fn shard_files(index_path: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
+    let text = crate::fsio::read_text_limited(index_path, crate::fsio::MAX_JSON_BYTES)?;
     let v: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::format(index_path, format!("invalid JSON: {e}")))?;
     let map = v

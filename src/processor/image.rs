@@ -87,7 +87,7 @@ impl ImageProcessorConfig {
     /// Reads `preprocessor_config.json`; missing fields take the transformers defaults.
     pub fn from_json(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::fsio::read_text_limited(path, crate::fsio::MAX_JSON_BYTES)?;
         Self::from_json_str(&text, path)
     }
 
@@ -304,7 +304,13 @@ impl SourceImage {
 
     fn decode_impl(bytes: &[u8], limits: &DecodeLimits, orient: bool) -> Result<Self> {
         limits.check_bytes(bytes.len() as u64)?;
-        let img_err = |e: ::image::ImageError| Error::Image(e.to_string());
+        let img_err = |e: ::image::ImageError| match e {
+            ::image::ImageError::Limits(l) => Error::Limit(format!(
+                "decoding needs more memory than max_pixels {} allows ({l})",
+                limits.max_pixels
+            )),
+            e => Error::Image(e.to_string()),
+        };
         let mut reader = ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
             .map_err(|e| Error::Image(e.to_string()))?;
@@ -593,6 +599,38 @@ impl Rgb<'_> {
         }
         out
     }
+}
+
+/// The number of tiles [`resize_and_split`] makes of a `width`×`height` image, computed from
+/// the sizes alone (no pixel is touched), so limits can be checked before allocating.
+pub fn plan_tiles(
+    width: usize,
+    height: usize,
+    cfg: &ImageProcessorConfig,
+    longest_edge_override: Option<u32>,
+) -> usize {
+    let m = cfg.max_image_size as usize;
+    if m == 0 || width == 0 || height == 0 {
+        return 1;
+    }
+    let (mut h, mut w) = (height, width);
+    if cfg.do_resize {
+        let longest = longest_edge_override.unwrap_or(cfg.size_longest_edge) as usize;
+        if longest == 0 {
+            return 1;
+        }
+        (h, w) = longest_edge_size(h, w, longest);
+    }
+    if !cfg.do_image_splitting {
+        return 1;
+    }
+    let (h, w) = vision_encoder_size(h, w, m);
+    if h <= m && w <= m {
+        return 1;
+    }
+    let rows = h.saturating_sub(m) / m + 1;
+    let cols = w.saturating_sub(m) / m + 1;
+    rows.saturating_mul(cols).saturating_add(1)
 }
 
 /// Steps 1–3 of the reference: RGB conversion, resizes and split, giving `u8` RGB tiles.

@@ -64,6 +64,15 @@ impl Processor {
         let proc_cfg = read_json_opt(&dir.join("processor_config.json"))?;
         let tok_cfg = read_json_opt(&dir.join("tokenizer_config.json"))?;
 
+        if image.max_image_size as usize != cfg.vision.image_size {
+            return Err(Error::format(
+                dir.join("preprocessor_config.json"),
+                format!(
+                    "max_image_size.longest_edge {} is not the vision tower's image_size {}",
+                    image.max_image_size, cfg.vision.image_size
+                ),
+            ));
+        }
         let expected = cfg.image_seq_len();
         let image_seq_len = match proc_cfg.as_ref().and_then(|v| v.get("image_seq_len")) {
             Some(v) => {
@@ -150,6 +159,28 @@ impl Processor {
         images: &[&SourceImage],
         longest_edge: Option<u32>,
     ) -> Result<Prepared> {
+        self.prepare_limited(prompt, images, longest_edge, usize::MAX)
+    }
+
+    /// [`Processor::prepare`], failing with `Limit` before any tile is allocated when the
+    /// images alone would need more than `max_prompt_tokens` image tokens.
+    pub fn prepare_limited(
+        &self,
+        prompt: &str,
+        images: &[&SourceImage],
+        longest_edge: Option<u32>,
+        max_prompt_tokens: usize,
+    ) -> Result<Prepared> {
+        let mut planned = 0usize;
+        for img in images {
+            let tiles = image::plan_tiles(img.width(), img.height(), &self.image, longest_edge);
+            planned = planned.saturating_add(tiles.saturating_mul(self.image_seq_len));
+        }
+        if planned > max_prompt_tokens {
+            return Err(Error::Limit(format!(
+                "the images need {planned} image tokens, more than max_prompt_tokens {max_prompt_tokens}"
+            )));
+        }
         let mut pixel_values = Vec::new();
         let mut grids = Vec::with_capacity(images.len());
         let mut num_tiles = 0;
@@ -183,7 +214,7 @@ fn read_json_opt(path: &Path) -> Result<Option<Value>> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::fsio::read_text_limited(path, crate::fsio::MAX_JSON_BYTES)?;
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|e| Error::format(path, format!("invalid JSON: {e}")))
@@ -207,9 +238,7 @@ fn find_template(
 ) -> Result<Option<String>> {
     let jinja = dir.join("chat_template.jinja");
     if jinja.is_file() {
-        return std::fs::read_to_string(&jinja)
-            .map(Some)
-            .map_err(|e| Error::io(&jinja, e));
+        return crate::fsio::read_text_limited(&jinja, crate::fsio::MAX_JSON_BYTES).map(Some);
     }
     let json = dir.join("chat_template.json");
     if let Some(v) = read_json_opt(&json)? {
