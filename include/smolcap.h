@@ -1382,7 +1382,7 @@ const char *smolcap_trainer_data_state(const struct smolcap_trainer *trainer);
  * `stats->struct_size` writable bytes.
  */
 smolcap_status smolcap_trainer_step(struct smolcap_trainer *trainer,
-                                    const struct smolcap_train_example *examples_,
+                                    const struct smolcap_train_example *examples,
                                     size_t n,
                                     struct smolcap_step_stats *stats);
 
@@ -1394,7 +1394,7 @@ smolcap_status smolcap_trainer_step(struct smolcap_trainer *trainer,
  * `trainer` NULL or live; `examples` NULL or `n` valid examples; outputs NULL or writable.
  */
 smolcap_status smolcap_trainer_eval(struct smolcap_trainer *trainer,
-                                    const struct smolcap_train_example *examples_,
+                                    const struct smolcap_train_example *examples,
                                     size_t n,
                                     double *mean_loss,
                                     uint64_t *tokens);

@@ -73,6 +73,7 @@ fn kind(e: &Error) -> &'static str {
         Error::Device(_) => "device",
         Error::Cancelled => "cancelled",
         Error::Internal(_) => "internal",
+        Error::Numeric(_) => "numeric",
     }
 }
 
@@ -2509,11 +2510,13 @@ fn c_api_null_for_every_pointer() {
         "generated NULL test failed ({:?}): {last}\n{stderr}",
         out.status
     );
-    assert!(
-        listing(&scratch_out).is_empty(),
-        "files left behind: {:?}",
-        listing(&scratch_out)
-    );
+    // The trainer's setup checkpoint and the save that is allowed a NULL data_state are
+    // meant to exist; anything else is a leftover.
+    let left: Vec<_> = listing(&scratch_out)
+        .into_iter()
+        .filter(|n| n != "null_args_checkpoint" && n != "null_args_saved")
+        .collect();
+    assert!(left.is_empty(), "files left behind: {left:?}");
     assert_eq!(
         listing(&fixture("tiny-idefics3")),
         model_before,

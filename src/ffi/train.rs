@@ -470,7 +470,10 @@ pub unsafe extern "C" fn smolcap_trainer_data_state(
 ///
 /// # Safety
 /// `examples` NULL or `n` valid examples.
-unsafe fn examples(examples: *const smolcap_train_example, n: usize) -> FfiResult<Vec<Example>> {
+unsafe fn read_examples(
+    examples: *const smolcap_train_example,
+    n: usize,
+) -> FfiResult<Vec<Example>> {
     if n == 0 {
         return Err(FfiError::invalid("n is 0 (no example)"));
     }
@@ -501,7 +504,7 @@ unsafe fn examples(examples: *const smolcap_train_example, n: usize) -> FfiResul
 #[no_mangle]
 pub unsafe extern "C" fn smolcap_trainer_step(
     trainer: *mut smolcap_trainer,
-    examples_: *const smolcap_train_example,
+    examples: *const smolcap_train_example,
     n: usize,
     stats: *mut smolcap_step_stats,
 ) -> smolcap_status {
@@ -512,7 +515,7 @@ pub unsafe extern "C" fn smolcap_trainer_step(
         let mut g = t.lock()?;
         let _poison = PoisonOnUnwind(&t.poisoned);
         // SAFETY: caller contract.
-        let ex = unsafe { examples(examples_, n) }?;
+        let ex = unsafe { read_examples(examples, n) }?;
         t.cancel.store(false, Ordering::SeqCst);
         let s = g.step(&ex).map_err(FfiError::from)?;
         if !stats.is_null() {
@@ -531,7 +534,7 @@ pub unsafe extern "C" fn smolcap_trainer_step(
 #[no_mangle]
 pub unsafe extern "C" fn smolcap_trainer_eval(
     trainer: *mut smolcap_trainer,
-    examples_: *const smolcap_train_example,
+    examples: *const smolcap_train_example,
     n: usize,
     mean_loss: *mut f64,
     tokens: *mut u64,
@@ -543,7 +546,7 @@ pub unsafe extern "C" fn smolcap_trainer_eval(
         let g = t.lock()?;
         let _poison = PoisonOnUnwind(&t.poisoned);
         // SAFETY: caller contract.
-        let ex = unsafe { examples(examples_, n) }?;
+        let ex = unsafe { read_examples(examples, n) }?;
         t.cancel.store(false, Ordering::SeqCst);
         let (loss, n_tok) = g.eval(&ex).map_err(FfiError::from)?;
         if !mean_loss.is_null() {

@@ -85,8 +85,19 @@ pub fn is_pointer(ty: &str) -> bool {
 /// Parameters documented as accepting NULL (`params` = defaults, callbacks, user data, `scales`
 /// = all 1.0, optional lengths, merge_save's optional report).
 fn nullable(f: &str, p: &str) -> bool {
-    matches!(p, "params" | "callback" | "user" | "scales" | "len")
-        || (f == "smolcap_merge_save" && p == "out")
+    matches!(
+        p,
+        "params"
+            | "callback"
+            | "user"
+            | "scales"
+            | "len"
+            | "init_adapter_dir"
+            | "data_state"
+            | "stats"
+            | "mean_loss"
+            | "tokens"
+    ) || (f == "smolcap_merge_save" && p == "out")
 }
 
 /// A valid C expression for a non-NULL argument, or `None` for an out-param (handled apart).
@@ -106,12 +117,20 @@ fn valid_arg(f: &str, ty: &str, name: &str) -> Option<String> {
         ("const smolcap_captions *", _) => "g_captions".into(),
         ("const smolcap_scores *", _) => "g_scores".into(),
         ("smolcap_stream *", _) => "g_stream".into(),
+        ("smolcap_trainer *", _) | ("const smolcap_trainer *", _) => "g_trainer".into(),
+        ("const smolcap_train_params *", _) => "&g_tparams".into(),
+        ("const smolcap_train_example *", _) => "&g_example".into(),
+        ("const char *", "checkpoint_dir") => "g_ck_dir".into(),
+        ("const char *", "init_adapter_dir") => "g_adapter_dir".into(),
+        ("const char *", "data_state") => "\"{\\\"epoch\\\":0}\"".into(),
         ("const char *const *", "cands") => "g_cands".into(),
         ("const char *const *", "refs") => "g_refs".into(),
         ("const size_t *", "ref_offsets") => "g_offsets".into(),
         ("const char *", "dir_or_repo") | ("const char *", "base_model_dir_or_repo") => {
             "g_model_dir".into()
         }
+        // Trainer saves get a scratch directory: never a fixture.
+        ("const char *", "dir") if f.starts_with("smolcap_trainer_") => "g_save_dir".into(),
         ("const char *", "dir") => "g_adapter_dir".into(),
         ("const char *", "out_dir") => "g_out_dir".into(),
         ("const char *", "caption") => "\"a dog on a couch\"".into(),
@@ -138,7 +157,11 @@ fn is_out(ty: &str) -> bool {
     if t.starts_with("const ") && !t.ends_with("**") {
         return false;
     }
-    t.ends_with("**") || t == "size_t *" || t == "double *" || out_struct(&t).is_some()
+    t.ends_with("**")
+        || t == "size_t *"
+        || t == "double *"
+        || t == "uint64_t *"
+        || out_struct(&t).is_some()
 }
 
 /// The `_free` function of a handle returned through an out-param of type `ty`.
@@ -295,6 +318,10 @@ static struct smolcap_adapter_spec g_specs[1];
 static struct smolcap_captions *g_captions;
 static struct smolcap_scores *g_scores;
 static struct smolcap_stream *g_stream;
+static struct smolcap_trainer *g_trainer;
+static struct smolcap_train_params g_tparams;
+static struct smolcap_train_example g_example;
+static char g_ck_dir[4096], g_save_dir[4096];
 static const char *g_cands[1] = {{"a dog on a couch"}};
 static const char *g_refs[1] = {{"a dog sleeping on a couch"}};
 static const size_t g_offsets[2] = {{0, 1}};
@@ -316,7 +343,8 @@ int main(int argc, char **argv) {{
     g_adapter_dir = argv[2];
     /* The model directory itself: a merge that gets that far fails before writing anything. */
     snprintf(g_out_dir, sizeof g_out_dir, "%s", argv[1]);
-    (void)argv[4];
+    snprintf(g_ck_dir, sizeof g_ck_dir, "%s/null_args_checkpoint", argv[4]);
+    snprintf(g_save_dir, sizeof g_save_dir, "%s/null_args_saved", argv[4]);
     fp = fopen(argv[3], "rb");
     if (!fp) return 2;
     img_len = fread(img, 1, sizeof img, fp);
@@ -343,10 +371,17 @@ int main(int argc, char **argv) {{
         SETUP(smolcap_stream_begin(s2, &g_image, &g_gparams, &g_stream));
         smolcap_session_free(s2);
     }}
+    SETUP(smolcap_train_params_init(&g_tparams, sizeof g_tparams));
+    g_tparams.lora_r = 2;
+    g_example.image = g_image;
+    g_example.caption = "a dog on a couch";
+    SETUP(smolcap_trainer_new(g_model, &g_tparams, NULL, &g_trainer));
+    SETUP(smolcap_trainer_save_checkpoint(g_trainer, g_ck_dir, NULL));
 
 {body}
     (void)sb;
     smolcap_stream_free(g_stream);
+    smolcap_trainer_free(g_trainer);
     smolcap_scores_free(g_scores);
     smolcap_captions_free(g_captions);
     smolcap_adapter_free(g_adapter);
