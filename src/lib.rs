@@ -13,6 +13,7 @@ pub mod merge;
 pub mod metrics;
 pub mod model;
 pub mod processor;
+pub mod quant;
 pub mod session;
 pub mod tokenizer;
 
