@@ -16,6 +16,7 @@ pub mod processor;
 pub mod quant;
 pub mod session;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use session::{

@@ -1,0 +1,3 @@
+//! Training support: optimiser, learning-rate schedule, gradient clipping and logging.
+
+pub mod optim;
