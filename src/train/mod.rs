@@ -1,3 +1,4 @@
 //! Training support: optimiser, learning-rate schedule, gradient clipping and logging.
 
 pub mod optim;
+pub mod tensorboard;
