@@ -6,6 +6,7 @@ pub mod collate;
 pub mod grad;
 pub(crate) mod net;
 pub mod optim;
+pub mod tensorboard;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -275,7 +275,8 @@ def main():
         tensors.update(out)
         meta.append({"name": name, "rows": w.shape[0], "cols": w.shape[1], "blocksize": bs, "double_quant": dq})
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    save_file(tensors, args.out, metadata={"cases": json.dumps(meta), "generator": "tools/reference/nf4.py"})
+    # A single metadata key keeps the file byte-stable (safetensors orders keys arbitrarily).
+    save_file(tensors, args.out, metadata={"cases": json.dumps(meta)})
     print(f"wrote {args.out} ({len(cases)} cases)")
     if args.compare_bnb:
         compare_bnb(cases)
