@@ -116,6 +116,147 @@ pub fn resolve(spec: &str, revision: Option<&str>) -> Result<PathBuf> {
         .ok_or_else(|| Error::Internal("hub: config path has no parent".into()))
 }
 
+/// Whether `spec` has the shape of a hub repo id (`owner/name`, not a path).
+pub fn looks_like_repo_id(spec: &str) -> bool {
+    !spec.starts_with('.')
+        && !spec.starts_with('/')
+        && spec.split('/').count() == 2
+        && spec.split('/').all(|p| !p.is_empty())
+}
+
+/// The parquet files of hub dataset `id` that belong to `split` (see
+/// [`crate::data::file_in_split`]), as `(repo path, local path)` sorted by repo path: listed and
+/// downloaded through the hub cache, or found in the cache alone when HF_HUB_OFFLINE is set or
+/// the hub cannot be reached.
+pub fn dataset_parquet_files(
+    id: &str,
+    revision: Option<&str>,
+    split: &str,
+) -> Result<Vec<(String, PathBuf)>> {
+    if !looks_like_repo_id(id) {
+        return Err(Error::InvalidArgument(format!(
+            "{id:?} is not a hub dataset id of the form owner/name"
+        )));
+    }
+    let rev = revision.unwrap_or("main").to_string();
+    let repo = Repo::with_revision(id.to_string(), RepoType::Dataset, rev.clone());
+    let cache = Cache::new(cache_dir());
+    if offline() {
+        return dataset_files_from_cache(&cache_dir(), id, &rev, split);
+    }
+    let token = std::env::var("HF_TOKEN").ok().or_else(|| cache.token());
+    let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
+        .with_token(token)
+        .with_progress(false)
+        .build()
+        .map_err(|e| Error::Device(format!("hub client: {e}")))?;
+    let r = api.repo(repo);
+    let info = match r.info() {
+        Ok(i) => i,
+        Err(e) => {
+            return dataset_files_from_cache(&cache_dir(), id, &rev, split).map_err(|c| Error::Io {
+                path: PathBuf::from(id),
+                source: std::io::Error::other(format!(
+                    "cannot list hub dataset {id}@{rev} ({e}), and the cache has no copy: {c}"
+                )),
+            })
+        }
+    };
+    let mut all: Vec<String> = info
+        .siblings
+        .iter()
+        .map(|s| s.rfilename.clone())
+        .filter(|f| f.to_ascii_lowercase().ends_with(".parquet"))
+        .collect();
+    all.sort();
+    let picked: Vec<&String> = all
+        .iter()
+        .filter(|f| crate::data::file_in_split(f, split))
+        .collect();
+    if picked.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "hub dataset {id}@{rev} has no parquet files for split {split:?} (splits found: {})",
+            crate::data::splits_found(&all).join(", ")
+        )));
+    }
+    picked
+        .into_iter()
+        .map(|f| {
+            r.get(f).map(|p| (f.clone(), p)).map_err(|e| Error::Io {
+                path: PathBuf::from(id),
+                source: std::io::Error::other(format!("hub dataset {id}@{rev}: {f}: {e}")),
+            })
+        })
+        .collect()
+}
+
+/// [`dataset_parquet_files`] from the cache at `cache` only (no network).
+pub fn dataset_files_from_cache(
+    cache: &Path,
+    id: &str,
+    rev: &str,
+    split: &str,
+) -> Result<Vec<(String, PathBuf)>> {
+    let repo_dir = cache.join(format!("datasets--{}", id.replace('/', "--")));
+    let not_cached = |what: String| {
+        Error::Io {
+        path: PathBuf::from(id),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "hub dataset {id}@{rev} is not in the cache {} ({what}) and HF_HUB_OFFLINE is set or the hub is unreachable",
+                cache.display()
+            ),
+        ),
+    }
+    };
+    let snapshot = match std::fs::read_to_string(repo_dir.join("refs").join(rev)) {
+        Ok(hash) => repo_dir.join("snapshots").join(hash.trim()),
+        // A commit hash names its snapshot directly.
+        Err(_) => repo_dir.join("snapshots").join(rev),
+    };
+    if !snapshot.is_dir() {
+        return Err(not_cached(format!("no snapshot for revision {rev}")));
+    }
+    let mut all = Vec::new();
+    collect_parquet(&snapshot, "", 0, &mut all);
+    all.sort();
+    let picked: Vec<(String, PathBuf)> = all
+        .iter()
+        .filter(|f| crate::data::file_in_split(f, split))
+        .map(|f| (f.clone(), snapshot.join(f)))
+        .collect();
+    if picked.is_empty() {
+        return Err(not_cached(format!(
+            "no parquet files for split {split:?}; cached splits: {}",
+            crate::data::splits_found(&all).join(", ")
+        )));
+    }
+    Ok(picked)
+}
+
+fn collect_parquet(dir: &Path, prefix: &str, depth: usize, out: &mut Vec<String>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in rd.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let rel = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let path = entry.path();
+        if path.is_dir() {
+            if depth < 4 {
+                collect_parquet(&path, &rel, depth + 1, out);
+            }
+        } else if name.to_ascii_lowercase().ends_with(".parquet") {
+            out.push(rel);
+        }
+    }
+}
+
 fn from_cache(cache: &Cache, repo: Repo, spec: &str, rev: &str) -> Result<PathBuf> {
     let cr = cache.repo(repo);
     let missing = |what: &str| {
@@ -183,6 +324,55 @@ mod tests {
             e.contains("org/none") && e.contains(&tmp.display().to_string()),
             "{e}"
         );
+    }
+
+    #[test]
+    fn dataset_files_from_a_cache_snapshot() {
+        let tmp = std::env::temp_dir().join(format!("smolcap-hub-ds-{}", std::process::id()));
+        let repo = tmp.join("datasets--org--caps");
+        let snap = repo.join("snapshots/abc123");
+        std::fs::create_dir_all(snap.join("data")).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), "abc123").unwrap();
+        for f in [
+            "data/test-00000-of-00002.parquet",
+            "data/test-00001-of-00002.parquet",
+            "data/train-00000-of-00001.parquet",
+            "README.md",
+        ] {
+            std::fs::write(snap.join(f), b"x").unwrap();
+        }
+        let got = dataset_files_from_cache(&tmp, "org/caps", "main", "test").unwrap();
+        let names: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "data/test-00000-of-00002.parquet",
+                "data/test-00001-of-00002.parquet"
+            ]
+        );
+        assert!(got[0]
+            .1
+            .ends_with("snapshots/abc123/data/test-00000-of-00002.parquet"));
+        // A commit hash as the revision; a split that is not there names the cached ones.
+        assert_eq!(
+            dataset_files_from_cache(&tmp, "org/caps", "abc123", "train")
+                .unwrap()
+                .len(),
+            1
+        );
+        let e = dataset_files_from_cache(&tmp, "org/caps", "main", "validation")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test, train") && e.contains("org/caps"), "{e}");
+        let e = dataset_files_from_cache(&tmp, "org/none", "main", "test")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("org/none") && e.contains(&tmp.display().to_string()),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&tmp).ok();
     }
 
     #[test]

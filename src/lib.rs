@@ -1,6 +1,7 @@
 //! smolcap: SmolVLM (Idefics3) captioning, LoRA fine-tuning, merging and caption metrics.
 
 pub mod config;
+pub mod data;
 pub mod device;
 pub mod error;
 #[allow(non_camel_case_types)]

@@ -1,0 +1,283 @@
+//! JSON caption sources: COCO captions annotations, Karpathy's `dataset_coco.json` and JSONL
+//! manifests. Image files are not touched until they are loaded.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{BadRow, Dataset, ImageId, ImageRef, Sample, SourceKind};
+use crate::error::{Error, Result};
+
+/// Either JSON layout; which one it is follows from the keys present.
+#[derive(Deserialize)]
+struct AnyJson {
+    #[serde(default)]
+    images: Vec<JsonImage>,
+    annotations: Option<Vec<CocoAnnotation>>,
+}
+
+#[derive(Deserialize)]
+struct JsonImage {
+    // COCO
+    id: Option<Value>,
+    file_name: Option<String>,
+    // Karpathy
+    filepath: Option<String>,
+    filename: Option<String>,
+    split: Option<String>,
+    cocoid: Option<Value>,
+    imgid: Option<Value>,
+    sentences: Option<Vec<Sentence>>,
+}
+
+#[derive(Deserialize)]
+struct Sentence {
+    raw: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct CocoAnnotation {
+    image_id: Option<Value>,
+    caption: Option<Value>,
+}
+
+fn read_json(path: &Path) -> Result<AnyJson> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| {
+        Error::format(
+            path,
+            format!("not a COCO captions or Karpathy dataset JSON object: {e}"),
+        )
+    })
+}
+
+/// Opens a `.json` file as COCO annotations (it has `annotations`) or Karpathy (its images have
+/// `sentences`).
+pub(super) fn open_json(path: &Path, image_dir: &Path, split: &str) -> Result<Dataset> {
+    let j = read_json(path)?;
+    if j.annotations.is_some() {
+        coco(path, image_dir, j)
+    } else if j.images.iter().any(|i| i.sentences.is_some()) {
+        karpathy(path, image_dir, split, j)
+    } else {
+        Err(Error::format(
+            path,
+            "neither a COCO captions file (no \"annotations\") nor a Karpathy dataset (no \"images[].sentences\")",
+        ))
+    }
+}
+
+pub(super) fn open_coco(path: &Path, image_dir: &Path) -> Result<Dataset> {
+    let j = read_json(path)?;
+    if j.annotations.is_none() {
+        return Err(Error::format(path, "no \"annotations\" array"));
+    }
+    coco(path, image_dir, j)
+}
+
+pub(super) fn open_karpathy(path: &Path, root: &Path, split: &str) -> Result<Dataset> {
+    let j = read_json(path)?;
+    karpathy(path, root, split, j)
+}
+
+fn coco(path: &Path, image_dir: &Path, j: AnyJson) -> Result<Dataset> {
+    let mut files: HashMap<ImageId, String> = HashMap::new();
+    for (k, im) in j.images.iter().enumerate() {
+        let id = im.id.as_ref().and_then(ImageId::from_json).ok_or_else(|| {
+            Error::format(
+                path,
+                format!("images[{k}].id: missing or not a number/string"),
+            )
+        })?;
+        let name = im
+            .file_name
+            .clone()
+            .ok_or_else(|| Error::format(path, format!("images[{k}].file_name: missing")))?;
+        files.insert(id, name);
+    }
+    let mut samples = Vec::new();
+    let mut bad = Vec::new();
+    for (k, a) in j.annotations.unwrap_or_default().into_iter().enumerate() {
+        let location = format!("{} annotations[{k}]", path.display());
+        let mut reject = |reason: String| {
+            bad.push(BadRow {
+                location: location.clone(),
+                reason,
+            })
+        };
+        let Some(id) = a.image_id.as_ref().and_then(ImageId::from_json) else {
+            reject("image_id missing or not a number/string".into());
+            continue;
+        };
+        let Some(caption) = a.caption.as_ref().and_then(Value::as_str) else {
+            reject("caption missing or not a string".into());
+            continue;
+        };
+        let Some(file) = files.get(&id) else {
+            reject(format!("image_id {id} is not in \"images\""));
+            continue;
+        };
+        samples.push(Sample {
+            row: k,
+            id,
+            caption: caption.to_string(),
+            image: ImageRef::File(image_dir.join(file)),
+            name: file.clone(),
+        });
+    }
+    let desc = format!(
+        "COCO captions {} (images in {})",
+        path.display(),
+        image_dir.display()
+    );
+    Ok(Dataset::from_index(
+        SourceKind::CocoJson,
+        desc,
+        samples,
+        bad,
+    ))
+}
+
+/// Karpathy split names for a requested split (`train` includes `restval`, as in
+/// `jxie/coco_captions`).
+fn karpathy_splits(split: &str) -> &'static [&'static str] {
+    match split {
+        "train" => &["train", "restval"],
+        "validation" | "val" => &["val"],
+        "test" => &["test"],
+        "restval" => &["restval"],
+        _ => &[],
+    }
+}
+
+fn karpathy(path: &Path, root: &Path, split: &str, j: AnyJson) -> Result<Dataset> {
+    let wanted = karpathy_splits(split);
+    if wanted.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{}: split {split:?} (a Karpathy dataset has train, validation/val, test, restval)",
+            path.display()
+        )));
+    }
+    let mut samples = Vec::new();
+    let mut bad = Vec::new();
+    let mut row = 0usize;
+    for (k, im) in j.images.iter().enumerate() {
+        let sentences = im.sentences.as_deref().unwrap_or_default();
+        let in_split = im.split.as_deref().is_some_and(|s| wanted.contains(&s));
+        if !in_split {
+            row += sentences.len();
+            continue;
+        }
+        let Some(filename) = &im.filename else {
+            bad.push(BadRow {
+                location: format!("{} images[{k}]", path.display()),
+                reason: "filename missing".into(),
+            });
+            row += sentences.len();
+            continue;
+        };
+        let rel: PathBuf = match &im.filepath {
+            Some(fp) => Path::new(fp).join(filename),
+            None => PathBuf::from(filename),
+        };
+        let id = im
+            .cocoid
+            .as_ref()
+            .or(im.imgid.as_ref())
+            .and_then(ImageId::from_json)
+            .unwrap_or_else(|| ImageId::Str(rel.display().to_string()));
+        for (s, sent) in sentences.iter().enumerate() {
+            let r = row;
+            row += 1;
+            match sent.raw.as_ref().and_then(Value::as_str) {
+                Some(raw) => samples.push(Sample {
+                    row: r,
+                    id: id.clone(),
+                    caption: raw.to_string(),
+                    image: ImageRef::File(root.join(&rel)),
+                    name: rel.display().to_string(),
+                }),
+                None => bad.push(BadRow {
+                    location: format!("{} images[{k}].sentences[{s}]", path.display()),
+                    reason: "raw missing or not a string".into(),
+                }),
+            }
+        }
+    }
+    let desc = format!(
+        "Karpathy {} split {split} (image root {})",
+        path.display(),
+        root.display()
+    );
+    Ok(Dataset::from_index(
+        SourceKind::Karpathy,
+        desc,
+        samples,
+        bad,
+    ))
+}
+
+#[derive(Deserialize)]
+struct ManifestLine {
+    image: Option<Value>,
+    caption: Option<Value>,
+    image_id: Option<Value>,
+}
+
+pub(super) fn open_jsonl(path: &Path) -> Result<Dataset> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let dir = super::parent_dir(path);
+    let mut samples = Vec::new();
+    let mut bad = Vec::new();
+    let mut row = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let r = row;
+        row += 1;
+        let location = format!("{} line {}", path.display(), n + 1);
+        let mut reject = |reason: String| {
+            bad.push(BadRow {
+                location: location.clone(),
+                reason,
+            })
+        };
+        let m: ManifestLine = match serde_json::from_str(line) {
+            Ok(m) => m,
+            Err(e) => {
+                reject(format!("not a JSON object: {e}"));
+                continue;
+            }
+        };
+        let Some(image) = m.image.as_ref().and_then(Value::as_str) else {
+            reject("\"image\" missing or not a string".into());
+            continue;
+        };
+        let Some(caption) = m.caption.as_ref().and_then(Value::as_str) else {
+            reject("\"caption\" missing or not a string".into());
+            continue;
+        };
+        let id = match &m.image_id {
+            Some(v) => match ImageId::from_json(v) {
+                Some(id) => id,
+                None => {
+                    reject("\"image_id\" is not a number or a string".into());
+                    continue;
+                }
+            },
+            None => ImageId::Str(image.to_string()),
+        };
+        samples.push(Sample {
+            row: r,
+            id,
+            caption: caption.to_string(),
+            image: ImageRef::File(dir.join(image)),
+            name: image.to_string(),
+        });
+    }
+    let desc = format!("JSONL manifest {}", path.display());
+    Ok(Dataset::from_index(SourceKind::Jsonl, desc, samples, bad))
+}
