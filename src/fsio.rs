@@ -59,6 +59,30 @@ pub fn write_file_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_all().map_err(|e| Error::io(path, e))
 }
 
+/// Replaces `path` with `bytes` crash-safely: writes a temporary sibling, fsyncs it, renames it
+/// over `path` and fsyncs the directory. On failure `path` is untouched and the temporary removed.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .ok_or_else(|| Error::InvalidArgument(format!("{}: not a file name", path.display())))?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if let Err(e) = write_file_synced(&tmp, bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    sync_dir(parent);
+    Ok(())
+}
+
 /// fsyncs an existing file.
 pub fn fsync_file(path: &Path) -> Result<()> {
     File::open(path)

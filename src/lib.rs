@@ -4,6 +4,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 #[allow(non_camel_case_types)]
 pub mod ffi;
 pub mod fsio;

@@ -39,6 +39,84 @@ enum Cmd {
     Merge(MergeArgs),
     /// Time each captioning stage (optionally beside tools/reference/bench_torch.py's JSON).
     Bench(BenchArgs),
+    /// Caption a dataset's images, score them against their references, write predictions,
+    /// metrics and an HTML report (the seed's eval script).
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Base model directory or hub repo id.
+    #[arg(long, alias = "base_model_id", alias = "model", default_value = DEFAULT_MODEL)]
+    base_model_id: String,
+    /// Hub revision of the base model.
+    #[arg(long)]
+    revision: Option<String>,
+    /// PEFT LoRA adapter directory, optionally `DIR:SCALE`; repeat to apply several at once.
+    #[arg(long, alias = "adapter_dir", alias = "adapter")]
+    adapter_dir: Vec<String>,
+    /// Dataset: a parquet file or directory, a COCO captions or Karpathy JSON, a JSONL manifest,
+    /// or a hub dataset id.
+    #[arg(long, alias = "dataset_id", default_value = "jxie/coco_captions")]
+    dataset_id: String,
+    /// Hub revision of a hub dataset.
+    #[arg(long, alias = "dataset_revision")]
+    dataset_revision: Option<String>,
+    /// Image directory of a COCO captions JSON / image root of a Karpathy JSON (default: the
+    /// JSON file's directory).
+    #[arg(long, alias = "image_dir")]
+    image_dir: Option<PathBuf>,
+    /// Dataset split.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// The user message (rendered with the model's chat template).
+    #[arg(long, default_value = smolcap::session::DEFAULT_PROMPT)]
+    prompt: String,
+    /// Unique images evaluated, the first ones in dataset order (0 = all).
+    #[arg(long, alias = "max_images", default_value_t = 1000)]
+    max_images: usize,
+    /// Images captioned together in one batch.
+    #[arg(long, alias = "batch_size", default_value_t = 4)]
+    batch_size: usize,
+    /// Most new tokens per caption.
+    #[arg(long, alias = "max_new_tokens", default_value_t = 48)]
+    max_new_tokens: usize,
+    /// Sample with this temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling mass (with --temperature > 0).
+    #[arg(long, alias = "top_p", default_value_t = 1.0)]
+    top_p: f32,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Metric suite: `seed` (the seed's eval script) or `coco` (pycocoevalcap).
+    #[arg(long, default_value = "seed")]
+    suite: String,
+    /// Override the processor's longest edge.
+    #[arg(long, alias = "image_longest_edge")]
+    image_longest_edge: Option<u32>,
+    /// Compute dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Device: cpu, cuda[:N] or metal.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Directory for predictions.json, references.json, metrics.json and report.html.
+    #[arg(long, alias = "output_dir", default_value = "eval_output")]
+    output_dir: PathBuf,
+    /// Longest edge of the report's thumbnails in pixels (0 = none).
+    #[arg(long, alias = "thumbnail_size", default_value_t = 160)]
+    thumbnail_size: usize,
+    /// Largest accepted image, in pixels.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    max_image_pixels: u64,
+    /// Largest accepted encoded image, in bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    max_image_bytes: u64,
+    /// Longest accepted prompt in tokens.
+    #[arg(long, default_value_t = 16_384)]
+    max_prompt_tokens: usize,
 }
 
 #[derive(Args)]
@@ -268,6 +346,7 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => bench(a),
         Cmd::Merge(a) => merge(a),
         Cmd::Score(a) => score(a),
+        Cmd::Eval(a) => eval(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -712,5 +791,202 @@ fn score(a: ScoreArgs) -> AnyResult<()> {
     if !out.ends_with('\n') {
         println!();
     }
+    Ok(())
+}
+
+fn seconds_text(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn eval(a: EvalArgs) -> AnyResult<()> {
+    use smolcap::data::{Dataset, DatasetSpec, Select};
+    use smolcap::eval::{EvalOptions, Progress};
+
+    let t_start = std::time::Instant::now();
+    let suite: smolcap::metrics::Suite = a.suite.parse().map_err(smolcap::Error::from)?;
+    if a.batch_size == 0 {
+        return Err("--batch-size must be at least 1".into());
+    }
+    let strategy = if a.temperature > 0.0 {
+        Strategy::Sample {
+            params: SampleParams {
+                temperature: a.temperature,
+                top_k: 0,
+                top_p: a.top_p,
+            },
+            seed: a.seed,
+        }
+    } else {
+        Strategy::Greedy
+    };
+    let params = GenerateParams {
+        max_new_tokens: a.max_new_tokens,
+        strategy,
+        ..Default::default()
+    };
+    params.validate()?;
+
+    let t = std::time::Instant::now();
+    let spec = DatasetSpec {
+        image_dir: a.image_dir.clone(),
+        revision: a.dataset_revision.clone(),
+        ..DatasetSpec::new(a.dataset_id.clone(), a.split.clone())
+    };
+    let ds = Dataset::open(&spec)?;
+    let groups = ds.grouped(&Select {
+        max_images: (a.max_images > 0).then_some(a.max_images),
+        ..Default::default()
+    });
+    let dataset_s = t.elapsed().as_secs_f64();
+    eprintln!(
+        "{}: {} rows; evaluating {} unique images",
+        ds.description(),
+        ds.samples().len(),
+        groups.len()
+    );
+    if !ds.bad_rows().is_empty() {
+        eprintln!("warning: {} bad rows skipped, e.g.", ds.bad_rows().len());
+        for b in ds.bad_rows().iter().take(5) {
+            eprintln!("  {b}");
+        }
+    }
+    if groups.is_empty() {
+        return Err(format!("{}: no images to evaluate", a.dataset_id).into());
+    }
+
+    let t = std::time::Instant::now();
+    let model = load_model(&ModelArgs {
+        model: a.base_model_id.clone(),
+        revision: a.revision.clone(),
+        dtype: a.dtype.clone(),
+        device: a.device.clone(),
+    })?;
+    let mut opts = EvalOptions {
+        batch_size: a.batch_size,
+        suite,
+        limits: DecodeLimits {
+            max_pixels: a.max_image_pixels,
+            max_encoded_bytes: a.max_image_bytes,
+        },
+        thumbnail_px: a.thumbnail_size,
+        ..Default::default()
+    };
+    opts.caption.prompt = a.prompt.clone();
+    opts.caption.longest_edge = a.image_longest_edge;
+    opts.caption.max_prompt_tokens = a.max_prompt_tokens;
+    opts.caption.params = params;
+    let mut adapters_json = Vec::new();
+    for spec in &a.adapter_dir {
+        let (dir, weight) = adapter_spec(spec)?;
+        let adapter = model
+            .load_adapter(&dir)
+            .map_err(|e| format!("adapter {}: {e}", dir.display()))?;
+        opts.caption.adapters.push(smolcap::ActiveAdapter {
+            adapter: std::sync::Arc::new(adapter),
+            weight,
+        });
+        adapters_json.push(json!({"dir": dir.display().to_string(), "scale": weight}));
+    }
+    let model_load_s = t.elapsed().as_secs_f64();
+
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let t_caption = std::time::Instant::now();
+    let mut progress = |p: &Progress| {
+        if !tty {
+            return;
+        }
+        let width = 30;
+        let seen = p.done + p.skipped;
+        let filled = seen * width / p.total.max(1);
+        let el = t_caption.elapsed().as_secs_f64();
+        let rate = p.done as f64 / el.max(1e-9);
+        let eta = if p.done > 0 {
+            format!(
+                ", ETA {}",
+                seconds_text((p.total - seen) as f64 / rate.max(1e-9))
+            )
+        } else {
+            String::new()
+        };
+        let skipped = if p.skipped > 0 {
+            format!(" ({} skipped)", p.skipped)
+        } else {
+            String::new()
+        };
+        eprint!(
+            "\rcaptioning [{}{}] {seen}/{} images{skipped}, {rate:.2} img/s{eta}   ",
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            p.total
+        );
+        if seen == p.total {
+            eprintln!();
+        }
+    };
+    let cancel = AtomicBool::new(false);
+    let result = smolcap::eval::run(&model, &ds, &groups, &opts, &cancel, &mut progress)?;
+    for b in &result.skipped {
+        eprintln!("warning: skipped {b}");
+    }
+
+    let tm = &result.timings;
+    let total_s = t_start.elapsed().as_secs_f64();
+    let run = json!({
+        "dataset": a.dataset_id,
+        "split": a.split,
+        "source": ds.description(),
+        "model": a.base_model_id,
+        "model_dir": model.dir().display().to_string(),
+        "revision": a.revision,
+        "adapters": adapters_json,
+        "prompt": a.prompt,
+        "strategy": if a.temperature > 0.0 { "sample" } else { "greedy" },
+        "max_new_tokens": a.max_new_tokens,
+        "temperature": a.temperature,
+        "top_p": a.top_p,
+        "seed": a.seed,
+        "batch_size": a.batch_size,
+        "suite": suite.name(),
+        "dtype": a.dtype,
+        "device": a.device,
+        "image_longest_edge": a.image_longest_edge,
+        "max_images": a.max_images,
+        "images": result.images.len(),
+        "images_selected": groups.len(),
+        "images_skipped": result.skipped,
+        "dataset_rows": ds.samples().len(),
+        "dataset_bad_rows": ds.bad_rows().len(),
+        "dataset_bad_rows_first": ds.bad_rows().iter().take(20).collect::<Vec<_>>(),
+        "timings": {
+            "dataset_s": dataset_s,
+            "model_load_s": model_load_s,
+            "caption_s": tm.caption_s,
+            "preprocess_s": tm.preprocess_s,
+            "vision_s": tm.vision_s,
+            "prefill_s": tm.prefill_s,
+            "decode_s": tm.decode_s,
+            "generated_tokens": tm.generated_tokens,
+            "images_per_s": result.images.len() as f64 / tm.caption_s.max(1e-9),
+            "score_s": tm.score_s,
+            "total_s": total_s,
+        },
+        "smolcap_version": env!("CARGO_PKG_VERSION"),
+    });
+    smolcap::eval::write_outputs(&a.output_dir, &result, &run)?;
+    print!("{}", smolcap::metrics::cli::scorecard(&result.scores));
+    println!(
+        "wrote predictions.json, references.json, metrics.json, report.html to {}",
+        a.output_dir.display()
+    );
+    let report = a.output_dir.join("report.html");
+    let abs = std::fs::canonicalize(&report).unwrap_or(report);
+    println!("report: file://{}", abs.display());
     Ok(())
 }

@@ -262,7 +262,13 @@ impl PFile {
     }
 
     fn read_err(&self, e: impl std::fmt::Display) -> Error {
-        Error::format(&self.path, format!("reading parquet data: {e}"))
+        let msg = e.to_string();
+        let hint = if msg.contains("Disabled feature") {
+            " (smolcap reads snappy-compressed or uncompressed parquet only)"
+        } else {
+            ""
+        };
+        Error::format(&self.path, format!("reading parquet data: {msg}{hint}"))
     }
 
     /// Adds the file's good rows to `samples` and its bad ones to `bad`; returns its row count.

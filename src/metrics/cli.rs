@@ -110,28 +110,32 @@ pub fn load_files(refs: &Path, cands: &Path) -> Result<Inputs> {
     Ok(out)
 }
 
-/// The scorecard text (seed style: CIDEr as is, the others ×100) or, with `json`, all corpus
-/// and per-image scores as JSON.
-pub fn render(inputs: &Inputs, s: &Scores, json: bool) -> String {
-    if json {
-        let per: Vec<Value> = (0..s.len())
-            .map(|i| {
-                let mut m = serde_json::Map::new();
-                m.insert("image_id".into(), inputs.image_ids[i].clone());
-                for (k, v) in &s.per_image {
-                    m.insert(k.clone(), Value::from(v[i]));
-                }
-                Value::Object(m)
-            })
-            .collect();
-        let v = serde_json::json!({
-            "suite": s.suite.name(),
-            "images": s.len(),
-            "corpus": s.corpus,
-            "per_image": per,
-        });
-        return format!("{v}\n");
-    }
+/// All corpus and per-image scores as the JSON object `smolcap score --json` prints
+/// (`suite`, `images`, `corpus`, `per_image: [{image_id, <metric>: value}]`).
+pub fn scores_json(image_ids: &[Value], s: &Scores) -> Value {
+    let per: Vec<Value> = (0..s.len())
+        .map(|i| {
+            let mut m = serde_json::Map::new();
+            m.insert(
+                "image_id".into(),
+                image_ids.get(i).cloned().unwrap_or(Value::Null),
+            );
+            for (k, v) in &s.per_image {
+                m.insert(k.clone(), Value::from(v[i]));
+            }
+            Value::Object(m)
+        })
+        .collect();
+    serde_json::json!({
+        "suite": s.suite.name(),
+        "images": s.len(),
+        "corpus": s.corpus,
+        "per_image": per,
+    })
+}
+
+/// The seed-style scorecard text: CIDEr as is, the others ×100.
+pub fn scorecard(s: &Scores) -> String {
     let mut out = format!("{} suite, {} images\n", s.suite.name(), s.len());
     for name in [
         "CIDEr", "BLEU-4", "METEOR", "ROUGE-L", "BLEU-1", "BLEU-2", "BLEU-3",
@@ -149,6 +153,15 @@ pub fn render(inputs: &Inputs, s: &Scores, json: bool) -> String {
         out.push_str("(METEOR here is NLTK's on PTB tokens, not the Meteor 1.5 jar's)\n");
     }
     out
+}
+
+/// The scorecard text ([`scorecard`]) or, with `json`, all corpus and per-image scores as JSON
+/// ([`scores_json`]).
+pub fn render(inputs: &Inputs, s: &Scores, json: bool) -> String {
+    if json {
+        return format!("{}\n", scores_json(&inputs.image_ids, s));
+    }
+    scorecard(s)
 }
 
 /// `smolcap score --refs REFS --cands CANDS [--suite] [--json]`: the text it prints.
