@@ -199,18 +199,19 @@ fn version_status_strings_and_last_error() {
         .unwrap();
     assert!(f.split(',').any(|x| x == "cpu"), "{f}");
     let mut seen = std::collections::HashSet::new();
-    for code in 0..=13 {
+    for code in 0..=14 {
         // SAFETY: static string.
         let s = unsafe { CStr::from_ptr(smolcap_status_string(code)) };
         assert!(seen.insert(s.to_owned()), "duplicate status string {s:?}");
         assert_ne!(s.to_str().unwrap(), "unknown status");
     }
-    for code in [-1, 14, 1000, i32::MIN] {
+    for code in [-1, 15, 1000, i32::MIN] {
         // SAFETY: static string.
         let s = unsafe { CStr::from_ptr(smolcap_status_string(code)) };
         assert_eq!(s.to_str().unwrap(), "unknown status");
     }
     assert_eq!(SMOLCAP_STATUS_INTERNAL, 13);
+    assert_eq!(SMOLCAP_STATUS_NUMERIC, 14);
     // A fresh thread has an empty, non-NULL last error; errors are per thread.
     std::thread::spawn(|| {
         assert_eq!(last(), "");

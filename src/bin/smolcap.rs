@@ -42,6 +42,8 @@ enum Cmd {
     /// Caption a dataset's images, score them against their references, write predictions,
     /// metrics and an HTML report (the seed's eval script).
     Eval(EvalArgs),
+    /// Fine-tune LoRA / QLoRA adapters on an image-caption dataset (the seed's train script).
+    Train(TrainArgs),
 }
 
 #[derive(Args)]
@@ -120,6 +122,132 @@ struct EvalArgs {
 }
 
 #[derive(Args)]
+struct TrainArgs {
+    /// Base model directory or hub repo id.
+    #[arg(long = "base-model-id", alias = "base_model_id", alias = "model", default_value = DEFAULT_MODEL)]
+    base_model_id: String,
+    /// Dataset: a parquet file/dir (jxie/coco_captions schema), a hub dataset id, a COCO
+    /// captions JSON, a Karpathy dataset_coco.json, or a JSONL manifest {"image","caption"}.
+    #[arg(long = "dataset-id", alias = "dataset_id")]
+    dataset_id: String,
+    /// Image directory (COCO annotation file) or image root (Karpathy JSON).
+    #[arg(long = "image-dir", alias = "image_dir")]
+    image_dir: Option<PathBuf>,
+    /// Training split.
+    #[arg(long = "train-split", alias = "train_split", default_value = "train")]
+    train_split: String,
+    /// Evaluation split ("none" = no evaluation).
+    #[arg(
+        long = "eval-split",
+        alias = "eval_split",
+        default_value = "validation"
+    )]
+    eval_split: String,
+    /// Rows of the eval split used for eval/loss.
+    #[arg(
+        long = "eval-max-samples",
+        alias = "eval_max_samples",
+        default_value_t = 64
+    )]
+    eval_max_samples: usize,
+    /// Output directory: the adapter, checkpoint-N/ directories, logs/ (TensorBoard + JSONL).
+    #[arg(long = "output-dir", alias = "output_dir")]
+    output_dir: PathBuf,
+    /// Use at most this many training rows.
+    #[arg(long = "max-samples", alias = "max_samples")]
+    max_samples: Option<usize>,
+    /// Overrides the processor's longest image edge.
+    #[arg(long = "image-longest-edge", alias = "image_longest_edge")]
+    image_longest_edge: Option<u32>,
+    /// Passes over the data.
+    #[arg(long, default_value_t = 1.0)]
+    epochs: f64,
+    /// Examples per forward pass.
+    #[arg(long = "batch-size", alias = "batch_size", default_value_t = 1)]
+    batch_size: usize,
+    /// Forward passes accumulated per optimizer step.
+    #[arg(long = "grad-accum", alias = "grad_accum", default_value_t = 8)]
+    grad_accum: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// AdamW weight decay.
+    #[arg(long = "weight-decay", alias = "weight_decay", default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Linear warm-up as a fraction of all steps.
+    #[arg(long = "warmup-ratio", alias = "warmup_ratio", default_value_t = 0.03)]
+    warmup_ratio: f64,
+    /// Gradient clipping norm (0 = off).
+    #[arg(long = "max-grad-norm", alias = "max_grad_norm", default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Longest sample in tokens (image tokens included); longer captions are shortened.
+    #[arg(long = "max-seq-len", alias = "max_seq_len", default_value_t = 2048)]
+    max_seq_len: usize,
+    /// QLoRA: frozen decoder weights stored as NF4 (block 64, double quantisation).
+    #[arg(long = "use-qlora", alias = "use_qlora")]
+    use_qlora: bool,
+    /// LoRA rank.
+    #[arg(long = "lora-r", alias = "lora_r", default_value_t = 16)]
+    lora_r: usize,
+    /// LoRA alpha.
+    #[arg(long = "lora-alpha", alias = "lora_alpha", default_value_t = 32.0)]
+    lora_alpha: f64,
+    /// LoRA dropout.
+    #[arg(long = "lora-dropout", alias = "lora_dropout", default_value_t = 0.05)]
+    lora_dropout: f32,
+    /// Comma-separated module names that get LoRA.
+    #[arg(
+        long = "lora-targets",
+        alias = "lora_targets",
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
+    lora_targets: String,
+    /// Keep the vision tower frozen (the default; accepted for the seed's command lines).
+    #[arg(long = "freeze-vision", alias = "freeze_vision")]
+    freeze_vision: bool,
+    /// Also put LoRA on the matching vision-tower modules.
+    #[arg(
+        long = "train-vision",
+        alias = "train_vision",
+        conflicts_with = "freeze_vision"
+    )]
+    train_vision: bool,
+    /// Train the connector projection in full (saved as modules_to_save).
+    #[arg(long = "tune-projector", alias = "tune_projector")]
+    tune_projector: bool,
+    /// Use rsLoRA scaling (alpha/sqrt(r)).
+    #[arg(long = "use-rslora", alias = "use_rslora")]
+    use_rslora: bool,
+    /// Stop after this many optimizer steps (overrides --epochs).
+    #[arg(long = "max-steps", alias = "max_steps")]
+    max_steps: Option<u64>,
+    /// Seed of shuffling, LoRA initialisation and dropout.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Resume from a checkpoint directory (e.g. OUTPUT_DIR/checkpoint-100).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Evaluate every N steps (and at the end); 0 = only at the end.
+    #[arg(long = "eval-steps", alias = "eval_steps", default_value_t = 0)]
+    eval_steps: u64,
+    /// Write a checkpoint every N steps; 0 = only at the end.
+    #[arg(long = "save-steps", alias = "save_steps", default_value_t = 0)]
+    save_steps: u64,
+    /// Keep the dataset order.
+    #[arg(long = "no-shuffle", alias = "no_shuffle")]
+    no_shuffle: bool,
+    /// Start from an existing PEFT adapter (its config decides targets, rank and alpha).
+    #[arg(long = "adapter-init", alias = "adapter_init")]
+    adapter_init: Option<PathBuf>,
+    /// Recompute activations in the backward pass (less memory, slower).
+    #[arg(long = "gradient-checkpointing", alias = "gradient_checkpointing")]
+    gradient_checkpointing: bool,
+    /// The instruction that goes with each image.
+    #[arg(long, default_value = smolcap::session::DEFAULT_PROMPT)]
+    prompt: String,
+}
+
+#[derive(Args)]
 struct ScoreArgs {
     /// References in COCO captions annotation format ({"annotations":[{"image_id","caption"}]}).
     #[arg(long)]
@@ -181,6 +309,10 @@ struct BenchArgs {
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
+    /// Time one LoRA training step over this many copies of the image instead (r=16, alpha
+    /// 32 on the decoder's seven projections, as tools/reference/bench_train_torch.py does).
+    #[arg(long = "train-batch")]
+    train_batch: Option<usize>,
 }
 
 #[derive(Args)]
@@ -228,6 +360,22 @@ struct LimitArgs {
     /// Largest LoRA rank of a loaded adapter.
     #[arg(long, default_value_t = smolcap::config::DEFAULT_MAX_ADAPTER_RANK)]
     max_adapter_rank: usize,
+}
+
+impl Default for LimitArgs {
+    fn default() -> Self {
+        use smolcap::config as c;
+        Self {
+            max_header_bytes: c::DEFAULT_MAX_HEADER_BYTES,
+            max_layers: c::DEFAULT_MAX_LAYERS,
+            max_hidden_size: c::DEFAULT_MAX_HIDDEN,
+            max_heads: c::DEFAULT_MAX_HEADS,
+            max_vocab: c::DEFAULT_MAX_VOCAB,
+            max_positions: c::DEFAULT_MAX_POSITIONS,
+            max_vision_image_size: c::DEFAULT_MAX_IMAGE_SIZE,
+            max_adapter_rank: c::DEFAULT_MAX_ADAPTER_RANK,
+        }
+    }
 }
 
 impl LimitArgs {
@@ -347,6 +495,7 @@ fn main() -> ExitCode {
         Cmd::Merge(a) => merge(a),
         Cmd::Score(a) => score(a),
         Cmd::Eval(a) => eval(a),
+        Cmd::Train(a) => train(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -605,6 +754,9 @@ fn read_bandwidth_gbs() -> AnyResult<f64> {
 }
 
 fn bench(a: BenchArgs) -> AnyResult<()> {
+    if let Some(b) = a.train_batch {
+        return bench_train(&a, b);
+    }
     let t = std::time::Instant::now();
     let model = load_model(&a.model)?;
     let load_s = t.elapsed().as_secs_f64();
@@ -867,6 +1019,7 @@ fn eval(a: EvalArgs) -> AnyResult<()> {
         revision: a.revision.clone(),
         dtype: a.dtype.clone(),
         device: a.device.clone(),
+        limits: LimitArgs::default(),
     })?;
     let mut opts = EvalOptions {
         batch_size: a.batch_size,
@@ -988,5 +1141,154 @@ fn eval(a: EvalArgs) -> AnyResult<()> {
     let report = a.output_dir.join("report.html");
     let abs = std::fs::canonicalize(&report).unwrap_or(report);
     println!("report: file://{}", abs.display());
+    Ok(())
+}
+
+fn train(a: TrainArgs) -> AnyResult<()> {
+    use smolcap::data::DatasetSpec;
+    use smolcap::train::run::{run, RunOptions};
+    use smolcap::train::{CollateOptions, LoraOptions, TrainOptions};
+    let model = std::sync::Arc::new(Model::load(&a.base_model_id, &LoadOptions::default())?);
+    let lora = LoraOptions {
+        r: a.lora_r,
+        alpha: a.lora_alpha,
+        dropout: a.lora_dropout,
+        use_rslora: a.use_rslora,
+        targets: a
+            .lora_targets
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        train_vision: a.train_vision,
+        train_connector: a.tune_projector,
+    };
+    let train = TrainOptions {
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        warmup_ratio: a.warmup_ratio,
+        max_grad_norm: a.max_grad_norm,
+        seed: a.seed,
+        recompute: a.gradient_checkpointing,
+        qlora: a.use_qlora,
+        collate: CollateOptions {
+            prompt: a.prompt.clone(),
+            longest_edge: a.image_longest_edge,
+            max_seq_len: a.max_seq_len,
+        },
+        ..TrainOptions::default()
+    };
+    let mut spec = DatasetSpec::new(a.dataset_id.clone(), a.train_split.clone());
+    spec.image_dir = a.image_dir.clone();
+    let opts = RunOptions {
+        train: spec,
+        eval_split: (a.eval_split != "none").then(|| a.eval_split.clone()),
+        output_dir: a.output_dir.clone(),
+        max_samples: a.max_samples,
+        eval_max_samples: a.eval_max_samples,
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        grad_accum: a.grad_accum,
+        max_steps: a.max_steps,
+        eval_steps: a.eval_steps,
+        save_steps: a.save_steps,
+        shuffle: !a.no_shuffle,
+        resume: a.resume.clone(),
+        adapter_init: a.adapter_init.clone(),
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let r = run(model, &opts, lora, train, None)?;
+    println!(
+        "trained {} steps in {:.1} s: last loss {:.4}{}; adapter in {}",
+        r.steps,
+        r.seconds,
+        r.last_loss,
+        r.eval_loss
+            .map(|l| format!(", eval loss {l:.4}"))
+            .unwrap_or_default(),
+        r.adapter_dir.display()
+    );
+    if r.bad_rows + r.rejected + r.truncated > 0 || r.skipped_steps > 0 {
+        println!(
+            "skipped rows {}, rejected (too long) {}, captions shortened {}, non-finite steps skipped {}",
+            r.bad_rows, r.rejected, r.truncated, r.skipped_steps
+        );
+    }
+    Ok(())
+}
+
+/// The caption `tools/reference/bench_train_torch.py` trains on.
+const BENCH_CAPTION: &str =
+    "A man riding a bicycle down a city street next to parked cars and a red bus.";
+
+fn bench_train(a: &BenchArgs, batch: usize) -> AnyResult<()> {
+    use smolcap::train::{Example, LoraOptions, TrainOptions, Trainer};
+    let model = std::sync::Arc::new(load_model(&a.model)?);
+    let bytes = std::fs::read(&a.image).map_err(|e| format!("{}: {e}", a.image))?;
+    let img = SourceImage::decode(&bytes, &DecodeLimits::default())?;
+    let ex: Vec<Example> = (0..batch.max(1))
+        .map(|_| Example {
+            image: img.clone(),
+            caption: BENCH_CAPTION.into(),
+        })
+        .collect();
+    let lora = LoraOptions {
+        r: 16,
+        alpha: 32.0,
+        dropout: 0.05,
+        ..LoraOptions::default()
+    };
+    let opts = TrainOptions {
+        micro_batch: batch.max(1),
+        total_steps: 100,
+        ..TrainOptions::default()
+    };
+    let mut t = Trainer::new(model, lora, opts, None)?;
+    t.step(&ex)?;
+    let (step_s, st) = best_of(a.repeat.max(2), || Ok(t.step(&ex)?))?;
+    let ours = json!({
+        "impl": "smolcap",
+        "train_step_s": step_s,
+        "batch": batch,
+        "tokens": st.tokens,
+        "trainable_parameters": t.trainable_parameters(),
+        "peak_rss_mb": peak_rss_mb(),
+    });
+    let torch: Option<serde_json::Value> = match &a.torch_json {
+        Some(p) => Some(serde_json::from_str(
+            &std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        )?),
+        None => None,
+    };
+    if a.json {
+        println!("{}", json!({"smolcap": ours, "torch": torch}));
+        return Ok(());
+    }
+    println!(
+        "LoRA train step, batch {batch} ({} label tokens)",
+        st.tokens
+    );
+    match &torch {
+        Some(tj) => {
+            let ts = tj["train_step_s"].as_f64().unwrap_or(f64::NAN);
+            let tr = tj["peak_rss_mb"].as_f64().unwrap_or(f64::NAN);
+            println!("{:<22}{:>12}{:>12}{:>10}", "", "smolcap", "torch", "ratio");
+            println!(
+                "{:<22}{:>12.2}{:>12.2}{:>9.2}x",
+                "step (s)",
+                step_s,
+                ts,
+                ts / step_s
+            );
+            println!(
+                "{:<22}{:>12.0}{:>12.0}{:>9.2}x",
+                "peak RSS (MiB)",
+                peak_rss_mb(),
+                tr,
+                tr / peak_rss_mb()
+            );
+        }
+        None => println!("step {step_s:.2} s, peak RSS {:.0} MiB", peak_rss_mb()),
+    }
     Ok(())
 }

@@ -95,7 +95,7 @@ pub fn attention(
         Some(m) => s.broadcast_add(m)?,
         None => s,
     };
-    let p = candle_nn::ops::softmax_last_dim(&s)?;
+    let p = crate::model::ops::softmax_scaled(&s.contiguous()?, 1.0)?;
     let o = p.matmul(&v)?;
     Ok((
         o,

@@ -6,6 +6,7 @@ pub mod collate;
 pub mod grad;
 pub(crate) mod net;
 pub mod optim;
+pub mod run;
 pub mod tensorboard;
 
 use std::collections::BTreeMap;
@@ -383,6 +384,11 @@ impl Trainer {
     /// A flag that, once set (from any thread), makes the running step stop with `Cancelled`.
     pub fn cancel_flag(&self) -> Arc<AtomicBool> {
         self.cancel.clone()
+    }
+
+    /// Makes `flag` the cancel flag (e.g. one shared with other work of the caller).
+    pub fn set_cancel_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.cancel = flag;
     }
 
     /// Learning rate of optimizer step `step` (0-based).

@@ -1,0 +1,325 @@
+//! A whole training run over a caption dataset (the seed's `train` command): epochs of shuffled
+//! rows, optimizer steps of `batch_size × grad_accum` examples, periodic evaluation and
+//! checkpoints, TensorBoard and JSONL logs, the final PEFT adapter in the output directory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+
+use crate::data::{self, Dataset, DatasetSpec, Sample as Row, Select};
+use crate::error::{Error, Result};
+use crate::processor::image::DecodeLimits;
+use crate::train::tensorboard::{EventWriter, ScalarLog};
+use crate::train::{Example, LoraOptions, ModelRef, StepStats, TrainOptions, Trainer};
+
+/// Settings of a run beyond the trainer's.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The training data.
+    pub train: DatasetSpec,
+    /// Split of the same dataset for evaluation (`None` = no evaluation).
+    pub eval_split: Option<String>,
+    /// Where checkpoints, logs and the final adapter go.
+    pub output_dir: PathBuf,
+    /// Use at most this many training rows.
+    pub max_samples: Option<usize>,
+    /// Evaluate on at most this many rows of the eval split.
+    pub eval_max_samples: usize,
+    /// Passes over the data (ignored when `max_steps` is set).
+    pub epochs: f64,
+    /// Examples per forward pass.
+    pub batch_size: usize,
+    /// Forward passes per optimizer step.
+    pub grad_accum: usize,
+    /// Stop after this many optimizer steps.
+    pub max_steps: Option<u64>,
+    /// Evaluate every this many steps (and at the end); 0 = only at the end.
+    pub eval_steps: u64,
+    /// Write a checkpoint every this many steps; 0 = only the final adapter.
+    pub save_steps: u64,
+    /// Shuffle rows each epoch (seeded by the run's seed and the epoch).
+    pub shuffle: bool,
+    /// Resume from this checkpoint directory.
+    pub resume: Option<PathBuf>,
+    /// Start from this PEFT adapter.
+    pub adapter_init: Option<PathBuf>,
+    /// Print a progress line on stderr.
+    pub progress: bool,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    /// Optimizer steps taken in total.
+    pub steps: u64,
+    /// Loss of the last step.
+    pub last_loss: f64,
+    /// Last evaluation loss, if any.
+    pub eval_loss: Option<f64>,
+    /// Rows skipped because their image could not be read or decoded, or the dataset marked
+    /// them bad.
+    pub bad_rows: usize,
+    /// Examples rejected as too long.
+    pub rejected: usize,
+    /// Examples whose caption was shortened.
+    pub truncated: usize,
+    /// Steps skipped because of non-finite values.
+    pub skipped_steps: u64,
+    /// Seconds spent.
+    pub seconds: f64,
+    /// Where the final adapter is.
+    pub adapter_dir: PathBuf,
+}
+
+/// Where the run is in the data: saved with checkpoints so a resume continues there.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+struct DataPos {
+    epoch: u64,
+    next: usize,
+}
+
+/// The row order of one epoch.
+fn epoch_order(n: usize, epoch: u64, seed: u64, shuffle: bool) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    if shuffle {
+        data::shuffle(&mut idx, seed ^ epoch.wrapping_mul(0xA24B_AED4_963E_E407));
+    }
+    idx
+}
+
+/// Reads and decodes the images of `rows`; rows whose image fails are left out and counted.
+fn examples(ds: &Dataset, rows: &[&Row], bad: &mut usize) -> Result<Vec<Example>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for item in ds.images(rows, DecodeLimits::default(), 8) {
+        let (i, img) = item?;
+        match img {
+            Ok(image) => out.push(Example {
+                image,
+                caption: rows[i].caption.clone(),
+            }),
+            Err(e) => {
+                *bad += 1;
+                log::warn(&format!("skipping {}: {e}", ds.locate(&rows[i].image)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+mod log {
+    /// Warnings go to stderr: the run's only side channel besides its files.
+    pub fn warn(msg: &str) {
+        eprintln!("warning: {msg}");
+    }
+}
+
+/// Runs training from `opts` with `lora` and `train` (whose `total_steps` and `micro_batch` are
+/// derived here). `cancel` stops the run at the next micro-batch with `Cancelled` (the last
+/// checkpoint stays valid).
+pub fn run(
+    model: Arc<dyn ModelRef>,
+    opts: &RunOptions,
+    lora: LoraOptions,
+    mut train: TrainOptions,
+    cancel: Option<Arc<AtomicBool>>,
+) -> Result<RunReport> {
+    let t0 = Instant::now();
+    if opts.batch_size == 0 || opts.grad_accum == 0 {
+        return Err(Error::InvalidArgument(
+            "batch_size and grad_accum must be at least 1".into(),
+        ));
+    }
+    let ds = Dataset::open(&opts.train)?;
+    let mut report = RunReport {
+        bad_rows: ds.bad_rows().len(),
+        ..RunReport::default()
+    };
+    for b in ds.bad_rows().iter().take(5) {
+        log::warn(&format!("bad row {b}"));
+    }
+    let rows = ds.rows(&Select {
+        shuffle_seed: None,
+        max_images: None,
+        max_samples: opts.max_samples,
+    });
+    if rows.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "no usable row in {} (split {})",
+            opts.train.id, opts.train.split
+        )));
+    }
+    let per_step = opts.batch_size * opts.grad_accum;
+    let total = match opts.max_steps {
+        Some(s) => s.max(1),
+        None => {
+            if !(opts.epochs.is_finite() && opts.epochs > 0.0) {
+                return Err(Error::InvalidArgument(format!(
+                    "epochs {} must be positive",
+                    opts.epochs
+                )));
+            }
+            ((rows.len() as f64 * opts.epochs) / per_step as f64)
+                .ceil()
+                .max(1.0) as u64
+        }
+    };
+    train.total_steps = total;
+    train.micro_batch = opts.batch_size;
+    let (mut trainer, mut pos) = match &opts.resume {
+        Some(dir) => {
+            let (t, state) = Trainer::resume(model.clone(), dir)?;
+            let pos: DataPos = serde_json::from_value(state)
+                .map_err(|e| Error::format(dir.join("trainer_state.json"), format!("data: {e}")))?;
+            (t, pos)
+        }
+        None => (
+            Trainer::new(
+                model.clone(),
+                lora,
+                train.clone(),
+                opts.adapter_init.as_deref(),
+            )?,
+            DataPos::default(),
+        ),
+    };
+    if let Some(c) = &cancel {
+        trainer.set_cancel_flag(c.clone());
+    }
+    let eval_ex: Vec<Example> = match &opts.eval_split {
+        Some(split) => {
+            let spec = DatasetSpec {
+                split: split.clone(),
+                ..opts.train.clone()
+            };
+            match Dataset::open(&spec) {
+                Ok(eds) => {
+                    let r = eds.rows(&Select {
+                        shuffle_seed: None,
+                        max_images: None,
+                        max_samples: Some(opts.eval_max_samples),
+                    });
+                    let mut bad = 0;
+                    let refs: Vec<&Row> = r.iter().collect();
+                    // Decoded once, reused at every evaluation.
+                    let ex = examples(&eds, &refs, &mut bad)?;
+                    report.bad_rows += bad;
+                    ex
+                }
+                Err(e) => {
+                    log::warn(&format!("no evaluation: {e}"));
+                    Vec::new()
+                }
+            }
+        }
+        None => Vec::new(),
+    };
+    let logs = opts.output_dir.join("logs");
+    let mut tb = EventWriter::create(&logs)?;
+    let mut jl = ScalarLog::create(logs.join("scalars.jsonl"))?;
+    let mut order = epoch_order(rows.len(), pos.epoch, train.seed, opts.shuffle);
+    let mut tokens_seen = 0usize;
+    let t_loop = Instant::now();
+    let start_step = trainer.step_count();
+    while trainer.step_count() < total {
+        if cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(Error::Cancelled);
+        }
+        let mut picked: Vec<&Row> = Vec::with_capacity(per_step);
+        while picked.len() < per_step {
+            if pos.next >= order.len() {
+                pos.epoch += 1;
+                pos.next = 0;
+                order = epoch_order(rows.len(), pos.epoch, train.seed, opts.shuffle);
+            }
+            picked.push(&rows[order[pos.next]]);
+            pos.next += 1;
+        }
+        let mut bad = 0;
+        let ex = examples(&ds, &picked, &mut bad)?;
+        report.bad_rows += bad;
+        if ex.is_empty() {
+            continue;
+        }
+        let st: StepStats = trainer.step(&ex)?;
+        report.rejected += st.rejected;
+        report.truncated += st.truncated;
+        report.last_loss = st.loss;
+        tokens_seen += st.tokens;
+        let step = st.step as i64;
+        for (tag, v) in [
+            ("train/loss", st.loss),
+            ("train/learning_rate", st.lr),
+            ("train/grad_norm", st.grad_norm),
+        ] {
+            tb.add_scalar(tag, v as f32, step)?;
+            jl.add_scalar(tag, v as f32, step)?;
+        }
+        if opts.progress {
+            let done = st.step - start_step;
+            let el = t_loop.elapsed().as_secs_f64();
+            let eta = el / done.max(1) as f64 * (total - st.step) as f64;
+            eprint!(
+                "\rstep {}/{} loss {:.4} lr {:.3e} {:.0} tok/s ETA {:.0}s{}   ",
+                st.step,
+                total,
+                st.loss,
+                st.lr,
+                tokens_seen as f64 / el.max(1e-9),
+                eta,
+                if st.skipped { " (skipped)" } else { "" }
+            );
+            let _ = std::io::stderr().flush();
+        }
+        let last = trainer.step_count() >= total;
+        if !eval_ex.is_empty() && (last || (opts.eval_steps > 0 && st.step % opts.eval_steps == 0))
+        {
+            let (l, _) = trainer.eval(&eval_ex)?;
+            report.eval_loss = Some(l);
+            tb.add_scalar("eval/loss", l as f32, step)?;
+            jl.add_scalar("eval/loss", l as f32, step)?;
+            if opts.progress {
+                eprintln!("\nstep {}: eval loss {l:.4}", st.step);
+            }
+        }
+        if opts.save_steps > 0 && st.step % opts.save_steps == 0 && !last {
+            let dir = opts.output_dir.join(format!("checkpoint-{}", st.step));
+            trainer.save_checkpoint(&dir, &json!(pos))?;
+        }
+        tb.flush()?;
+        jl.flush()?;
+    }
+    if opts.progress {
+        eprintln!();
+    }
+    // The seed's layout: the adapter at the top of the output directory, plus a final
+    // checkpoint so the run can be extended.
+    write_adapter_files(&trainer, &opts.output_dir)?;
+    trainer.save_checkpoint(
+        &opts
+            .output_dir
+            .join(format!("checkpoint-{}", trainer.step_count())),
+        &json!(pos),
+    )?;
+    report.steps = trainer.step_count();
+    report.skipped_steps = trainer.skipped_steps();
+    report.seconds = t0.elapsed().as_secs_f64();
+    report.adapter_dir = opts.output_dir.clone();
+    Ok(report)
+}
+
+/// Writes adapter_config.json + adapter_model.safetensors into `dir` beside whatever else is
+/// there (logs, checkpoints), each file atomically.
+fn write_adapter_files(t: &Trainer, dir: &Path) -> Result<()> {
+    let tmp = dir.join(".adapter.tmp");
+    t.save_adapter(&tmp)?;
+    for f in ["adapter_model.safetensors", "adapter_config.json"] {
+        std::fs::rename(tmp.join(f), dir.join(f)).map_err(|e| Error::io(dir.join(f), e))?;
+    }
+    crate::fsio::sync_dir(dir);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
