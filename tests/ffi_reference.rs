@@ -249,6 +249,7 @@ fn rust_train_reference_for_the_c_abi() {
                 image: SourceImage::open(fixture("images").join(img), &DecodeLimits::default())
                     .unwrap(),
                 caption: cap.to_string(),
+                key: None,
             });
         }
         let st = t.step(&exs).unwrap();

@@ -26,6 +26,11 @@ fn model() -> Arc<Model> {
 }
 
 fn examples(list: &Value) -> Vec<Example> {
+    keyed_examples(list, false)
+}
+
+/// The examples of one step; with `keyed`, each carries its image's key (feature cache).
+fn keyed_examples(list: &Value, keyed: bool) -> Vec<Example> {
     list.as_array()
         .unwrap()
         .iter()
@@ -38,6 +43,13 @@ fn examples(list: &Value) -> Vec<Example> {
             )
             .unwrap(),
             caption: e["caption"].as_str().unwrap().to_string(),
+            key: keyed.then(|| {
+                e["image"]
+                    .as_str()
+                    .unwrap()
+                    .bytes()
+                    .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+            }),
         })
         .collect()
 }
@@ -66,6 +78,10 @@ fn load_tensors(path: &Path) -> HashMap<String, Tensor> {
 
 /// Runs one reference case; returns (worst relative loss error, worst abs LoRA weight error).
 fn run_case(name: &str, recompute: bool) -> (f64, f32) {
+    run_case_keyed(name, recompute, false)
+}
+
+fn run_case_keyed(name: &str, recompute: bool, keyed: bool) -> (f64, f32) {
     let dir = root().join("tests/fixtures/train").join(name);
     let exp: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
@@ -78,7 +94,7 @@ fn run_case(name: &str, recompute: bool) -> (f64, f32) {
     let mut t = Trainer::new(model(), lora, opts, Some(&dir.join("init"))).unwrap();
     let mut worst_loss = 0f64;
     for (i, s) in exp["steps_log"].as_array().unwrap().iter().enumerate() {
-        let stats = t.step(&examples(&s["examples"])).unwrap();
+        let stats = t.step(&keyed_examples(&s["examples"], keyed)).unwrap();
         let want = s["loss"].as_f64().unwrap();
         let rel = ((stats.loss - want) / want).abs();
         let norm_rel = ((stats.grad_norm - s["grad_norm"].as_f64().unwrap())
@@ -151,6 +167,12 @@ fn text_lora_matches_peft() {
 #[test]
 fn text_lora_with_recompute_matches_peft() {
     run_case("text", true);
+}
+
+#[test]
+fn text_lora_with_cached_image_features_matches_peft() {
+    // Images repeat across steps: later steps take their features from the cache.
+    run_case_keyed("text", false, true);
 }
 
 #[test]

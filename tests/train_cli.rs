@@ -218,3 +218,16 @@ fn train_errors_name_the_problem() {
     assert!(err.contains("matches no module"), "{err}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn train_groups_rows_by_image() {
+    let out = scratch("grouped");
+    let stdout = train(&out, &["--group_by_image"]);
+    assert!(stdout.contains("trained 4 steps"), "{stdout}");
+    let n = scalars(&out)
+        .iter()
+        .filter(|r| r["tag"] == "train/loss" && r["value"].as_f64().unwrap().is_finite())
+        .count();
+    assert_eq!(n, 4);
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -152,6 +152,7 @@ fn training_raises_held_out_cider() {
                 Example {
                     image: img.clone(),
                     caption: refs[rng.random_range(0..refs.len())].clone(),
+                    key: None,
                 }
             })
             .collect();

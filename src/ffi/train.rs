@@ -489,6 +489,7 @@ unsafe fn read_examples(
         out.push(Example {
             image,
             caption: caption.to_string(),
+            key: None,
         });
     }
     Ok(out)

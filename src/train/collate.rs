@@ -15,6 +15,20 @@ pub struct Example {
     pub image: SourceImage,
     /// The target caption (without the end-of-utterance token).
     pub caption: String,
+    /// Identifies the image (e.g. its dataset id): with the vision tower and connector frozen,
+    /// the trainer reuses the image features of keys it saw recently instead of re-encoding.
+    pub key: Option<u64>,
+}
+
+impl Example {
+    /// An example without an image key.
+    pub fn new(image: SourceImage, caption: impl Into<String>) -> Self {
+        Self {
+            image,
+            caption: caption.into(),
+            key: None,
+        }
+    }
 }
 
 /// A tokenized sample.
@@ -32,6 +46,8 @@ pub struct Sample {
     pub tile_size: usize,
     /// Whether the caption was shortened to fit `max_seq_len`.
     pub truncated: bool,
+    /// The example's image key.
+    pub image_key: Option<u64>,
 }
 
 /// How samples are built.
@@ -98,6 +114,7 @@ pub fn build_sample(
         num_tiles: prep.num_tiles,
         tile_size: prep.tile_size,
         truncated,
+        image_key: ex.key,
     }))
 }
 

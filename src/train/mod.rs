@@ -165,6 +165,10 @@ pub struct TrainOptions {
     pub qlora: bool,
     /// Sample building.
     pub collate: CollateOptions,
+    /// Memory for image features kept by image key when the vision tower and connector are
+    /// frozen (0 = off): examples with the same key reuse them instead of re-encoding.
+    #[serde(default)]
+    pub feature_cache_mb: usize,
 }
 
 impl Default for TrainOptions {
@@ -187,6 +191,38 @@ impl Default for TrainOptions {
                 longest_edge: None,
                 max_seq_len: 2048,
             },
+            feature_cache_mb: 1024,
+        }
+    }
+}
+
+/// Image features by image key, oldest evicted first past a byte budget.
+#[derive(Default)]
+struct FeatureCache {
+    map: std::collections::HashMap<u64, Tensor>,
+    order: std::collections::VecDeque<u64>,
+    bytes: usize,
+}
+
+impl FeatureCache {
+    fn insert(&mut self, key: u64, t: Tensor, budget: usize) {
+        let n = t.elem_count() * 4;
+        if n > budget {
+            return;
+        }
+        while self.bytes + n > budget {
+            match self.order.pop_front() {
+                Some(k) => {
+                    if let Some(old) = self.map.remove(&k) {
+                        self.bytes -= old.elem_count() * 4;
+                    }
+                }
+                None => break,
+            }
+        }
+        if self.map.insert(key, t).is_none() {
+            self.order.push_back(key);
+            self.bytes += n;
         }
     }
 }
@@ -228,6 +264,7 @@ pub struct Trainer {
     bad_in_row: u32,
     skipped_total: u64,
     cancel: Arc<AtomicBool>,
+    features: std::sync::Mutex<FeatureCache>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -353,6 +390,7 @@ impl Trainer {
             bad_in_row: 0,
             skipped_total: 0,
             cancel: Arc::new(AtomicBool::new(false)),
+            features: std::sync::Mutex::new(FeatureCache::default()),
         })
     }
 
@@ -444,10 +482,13 @@ impl Trainer {
                 rng: Some(&mut img_rng),
             };
             let (feats, icache) = match &b.pixels {
-                Some(p) => {
-                    let (f, c) = self.net.image_forward(m.network(), p, &mut ctx)?;
-                    (Some(f), Some(c))
-                }
+                Some(p) => match self.cached_features(chunk)? {
+                    Some(f) => (Some(f), Some(net::ImageCache::Frozen)),
+                    None => {
+                        let (f, c) = self.net.image_forward(m.network(), p, &mut ctx)?;
+                        (Some(f), Some(c))
+                    }
+                },
                 None => (None, None),
             };
             if let Some(f) = &feats {
@@ -504,6 +545,49 @@ impl Trainer {
             tokens += b.labels.len();
         }
         Ok((total, tokens))
+    }
+
+    /// Image features of `chunk` through the feature cache, when every sample has an image key
+    /// and nothing upstream of the decoder is trained; `None` when the cache does not apply.
+    fn cached_features(&self, chunk: &[Sample]) -> Result<Option<Tensor>> {
+        let budget = self.opts.feature_cache_mb << 20;
+        if budget == 0
+            || self.net.image_trainable()
+            || chunk
+                .iter()
+                .any(|s| s.image_key.is_none() || s.num_tiles == 0)
+        {
+            return Ok(None);
+        }
+        let m = self.model.model();
+        let dev = m.network().device().clone();
+        let empty = crate::lora::LoraSet::empty();
+        let mut cache = match self.features.lock() {
+            Ok(g) => g,
+            Err(e) => e.into_inner(),
+        };
+        let mut parts = Vec::with_capacity(chunk.len());
+        for s in chunk {
+            let key = s.image_key.unwrap_or_default();
+            if let Some(f) = cache.map.get(&key) {
+                parts.push(f.clone());
+                continue;
+            }
+            let px = Tensor::from_slice(
+                &s.pixel_values,
+                (s.num_tiles, 3, s.tile_size, s.tile_size),
+                &dev,
+            )?;
+            let f = m
+                .network()
+                .image_features(&px, &empty)?
+                .to_dtype(DType::F32)?;
+            let h = f.dim(2)?;
+            let f = f.reshape(((), h))?;
+            cache.insert(key, f.clone(), budget);
+            parts.push(f);
+        }
+        Ok(Some(Tensor::cat(&parts, 0)?))
     }
 
     /// One optimizer step over `examples` (micro-batched by `micro_batch`; the loss is the

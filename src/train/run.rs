@@ -43,6 +43,9 @@ pub struct RunOptions {
     pub save_steps: u64,
     /// Shuffle rows each epoch (seeded by the run's seed and the epoch).
     pub shuffle: bool,
+    /// Order each epoch by image (images shuffled, an image's captions consecutive): each image
+    /// is decoded and, with the tower and connector frozen, encoded once per epoch.
+    pub group_by_image: bool,
     /// Resume from this checkpoint directory.
     pub resume: Option<PathBuf>,
     /// Start from this PEFT adapter.
@@ -82,29 +85,73 @@ struct DataPos {
     next: usize,
 }
 
-/// The row order of one epoch.
-fn epoch_order(n: usize, epoch: u64, seed: u64, shuffle: bool) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..n).collect();
-    if shuffle {
-        data::shuffle(&mut idx, seed ^ epoch.wrapping_mul(0xA24B_AED4_963E_E407));
+/// The row order of one epoch: rows shuffled, or (grouped) images shuffled with each image's
+/// rows kept together in dataset order.
+fn epoch_order(rows: &[Row], epoch: u64, seed: u64, shuffle: bool, grouped: bool) -> Vec<usize> {
+    let s = seed ^ epoch.wrapping_mul(0xA24B_AED4_963E_E407);
+    if !grouped {
+        let mut idx: Vec<usize> = (0..rows.len()).collect();
+        if shuffle {
+            data::shuffle(&mut idx, s);
+        }
+        return idx;
     }
-    idx
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut at: std::collections::HashMap<&data::ImageId, usize> = Default::default();
+    for (i, r) in rows.iter().enumerate() {
+        let g = *at.entry(&r.id).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
+    }
+    if shuffle {
+        data::shuffle(&mut groups, s);
+    }
+    groups.into_iter().flatten().collect()
 }
 
-/// Reads and decodes the images of `rows`; rows whose image fails are left out and counted.
+/// A stable 64-bit key of an image id (FNV-1a over its text form).
+fn image_key(id: &data::ImageId) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.to_string().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Reads and decodes the images of `rows` (each distinct image once); rows whose image fails
+/// are left out and counted.
 fn examples(ds: &Dataset, rows: &[&Row], bad: &mut usize) -> Result<Vec<Example>> {
-    let mut out = Vec::with_capacity(rows.len());
-    for item in ds.images(rows, DecodeLimits::default(), 8) {
+    let mut unique: Vec<&Row> = Vec::new();
+    let mut slot: Vec<usize> = Vec::with_capacity(rows.len());
+    for r in rows {
+        match unique.iter().position(|u| u.image == r.image) {
+            Some(j) => slot.push(j),
+            None => {
+                slot.push(unique.len());
+                unique.push(r);
+            }
+        }
+    }
+    let mut decoded: Vec<Option<crate::processor::image::SourceImage>> = vec![None; unique.len()];
+    for item in ds.images(&unique, DecodeLimits::default(), 8) {
         let (i, img) = item?;
         match img {
-            Ok(image) => out.push(Example {
-                image,
-                caption: rows[i].caption.clone(),
+            Ok(image) => decoded[i] = Some(image),
+            Err(e) => log::warn(&format!("skipping {}: {e}", ds.locate(&unique[i].image))),
+        }
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for (r, &j) in rows.iter().zip(&slot) {
+        match &decoded[j] {
+            Some(image) => out.push(Example {
+                image: image.clone(),
+                caption: r.caption.clone(),
+                key: Some(image_key(&r.id)),
             }),
-            Err(e) => {
-                *bad += 1;
-                log::warn(&format!("skipping {}: {e}", ds.locate(&rows[i].image)));
-            }
+            None => *bad += 1,
         }
     }
     Ok(out)
@@ -220,7 +267,13 @@ pub fn run(
     let logs = opts.output_dir.join("logs");
     let mut tb = EventWriter::create(&logs)?;
     let mut jl = ScalarLog::create(logs.join("scalars.jsonl"))?;
-    let mut order = epoch_order(rows.len(), pos.epoch, train.seed, opts.shuffle);
+    let mut order = epoch_order(
+        &rows,
+        pos.epoch,
+        train.seed,
+        opts.shuffle,
+        opts.group_by_image,
+    );
     let mut tokens_seen = 0usize;
     let t_loop = Instant::now();
     let start_step = trainer.step_count();
@@ -233,7 +286,13 @@ pub fn run(
             if pos.next >= order.len() {
                 pos.epoch += 1;
                 pos.next = 0;
-                order = epoch_order(rows.len(), pos.epoch, train.seed, opts.shuffle);
+                order = epoch_order(
+                    &rows,
+                    pos.epoch,
+                    train.seed,
+                    opts.shuffle,
+                    opts.group_by_image,
+                );
             }
             picked.push(&rows[order[pos.next]]);
             pos.next += 1;
