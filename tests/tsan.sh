@@ -40,9 +40,9 @@ ln -sf "$lib" "$work/lib/libsmolcap.so.0"
 
 step "compile the C tests with clang -fsanitize=thread"
 cflags=(-std=c99 -Wall -Wextra -Werror -g -O1 -fsanitize=thread -pthread -Iinclude -Itests/c)
-clang "${cflags[@]}" -o "$work/bin/test_stress" tests/c/test_stress.c \
+clang "${cflags[@]}" -o "$work/bin/test_stress" tests/c/test_stress.c tests/c/tsan_shim.c \
     -L"$work/lib" -Wl,-rpath,"$work/lib" -lsmolcap -lm
-clang "${cflags[@]}" -o "$work/bin/test_threads" tests/c/test_threads.c \
+clang "${cflags[@]}" -o "$work/bin/test_threads" tests/c/test_threads.c tests/c/tsan_shim.c \
     -L"$work/lib" -Wl,-rpath,"$work/lib" -lsmolcap -lm
 
 fixture="$root/tests/fixtures/tiny-idefics3"
