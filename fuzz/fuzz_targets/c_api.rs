@@ -130,8 +130,14 @@ fuzz_target!(|data: &[u8]| {
                     let scales = [f32::from_le_bytes([op, 0, 0x80, 0x3f])];
                     let _ = smolcap_session_set_adapters(sess, ads.as_ptr(), scales.as_ptr(), 1);
                 }
-                let st = smolcap_caption(sess, imgs.as_ptr(), n, &p, None, null_mut(), &mut out_caps);
-                assert_ne!(st, SMOLCAP_STATUS_PANIC, "{:?}", std::ffi::CStr::from_ptr(smolcap_last_error()));
+                let st =
+                    smolcap_caption(sess, imgs.as_ptr(), n, &p, None, null_mut(), &mut out_caps);
+                assert_ne!(
+                    st,
+                    SMOLCAP_STATUS_PANIC,
+                    "{:?}",
+                    std::ffi::CStr::from_ptr(smolcap_last_error())
+                );
                 if st == 0 {
                     assert_eq!(smolcap_captions_count(out_caps), n);
                     smolcap_captions_free(out_caps);
@@ -151,7 +157,10 @@ fuzz_target!(|data: &[u8]| {
             let cands: Vec<CString> = (0..n).map(|_| cstring(&mut d)).collect();
             let nrefs = usize::from(*take(&mut d, 1).first().unwrap_or(&1) % 10);
             let refs: Vec<CString> = (0..nrefs).map(|_| cstring(&mut d)).collect();
-            let offs: Vec<usize> = take(&mut d, n + 1).iter().map(|&b| usize::from(b % 12)).collect();
+            let offs: Vec<usize> = take(&mut d, n + 1)
+                .iter()
+                .map(|&b| usize::from(b % 12))
+                .collect();
             if offs.len() != n + 1 {
                 return;
             }
@@ -163,7 +172,14 @@ fuzz_target!(|data: &[u8]| {
             let mut sc = null_mut();
             // SAFETY: arrays of the stated lengths.
             unsafe {
-                let st = smolcap_score_captions(cp.as_ptr(), n, rp.as_ptr(), offs.as_ptr(), u32::from(op >> 4), &mut sc);
+                let st = smolcap_score_captions(
+                    cp.as_ptr(),
+                    n,
+                    rp.as_ptr(),
+                    offs.as_ptr(),
+                    u32::from(op >> 4),
+                    &mut sc,
+                );
                 assert_ne!(st, SMOLCAP_STATUS_PANIC);
                 if st == 0 {
                     let mut v = 0.0;
@@ -186,7 +202,9 @@ fuzz_target!(|data: &[u8]| {
             };
             let raw = take(&mut d, size_of::<smolcap_load_params>());
             // SAFETY: as in `gparams`.
-            unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr(), (&raw mut lp).cast::<u8>(), raw.len()) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(raw.as_ptr(), (&raw mut lp).cast::<u8>(), raw.len())
+            };
             let dev = cstring(&mut d);
             lp.device = if op & 0x10 != 0 { dev.as_ptr() } else { null() };
             lp.revision = null();

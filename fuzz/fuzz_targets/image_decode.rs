@@ -22,7 +22,11 @@ fuzz_target!(|data: &[u8]| {
         let w = u32::from(data[1]) + 1;
         let h = u32::from(data[2]) + 1;
         let stride = usize::from(u16::from_le_bytes([data[3], data[4]]));
-        let layout = if data[5] & 1 == 0 { RawLayout::Rgb8 } else { RawLayout::Rgba8 };
+        let layout = if data[5] & 1 == 0 {
+            RawLayout::Rgb8
+        } else {
+            RawLayout::Rgba8
+        };
         if let Ok(img) = SourceImage::from_raw(&data[6..], w, h, stride, layout, &lim) {
             let _ = preprocess(&img, &cfg, None);
         }
@@ -30,7 +34,10 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(img) = SourceImage::decode(data, &lim) {
         assert!(img.width() > 0 && img.height() > 0);
-        assert_eq!(img.data().len(), img.width() * img.height() * img.channels());
+        assert_eq!(
+            img.data().len(),
+            img.width() * img.height() * img.channels()
+        );
         let _ = preprocess(&img, &cfg, None);
         let no_split = ImageProcessorConfig {
             do_image_splitting: false,

@@ -27,6 +27,10 @@ fuzz_target!(|data: &[u8]| {
     // CSR offsets taken from the raw bytes (often inconsistent on purpose).
     let flat: Vec<&str> = refs.iter().flatten().map(String::as_str).collect();
     let c: Vec<&str> = cands.iter().map(String::as_str).collect();
-    let offs: Vec<usize> = data.iter().take(c.len() + 1).map(|&b| usize::from(b % 16)).collect();
+    let offs: Vec<usize> = data
+        .iter()
+        .take(c.len() + 1)
+        .map(|&b| usize::from(b % 16))
+        .collect();
     let _ = score_csr(&c, &flat, &offs, Suite::Seed);
 });
