@@ -3,8 +3,9 @@
 //! (RLIMIT_FSIZE in a child) gives an I/O error and leaves no partial file.
 //!
 //! The harness is generic over a [`SaveOp`]: a save that can run in a child process (this test
-//! binary re-executed with `SMOLCAP_FAULT_OP` set) and a check that its output loads. Merge saves
-//! and PEFT adapter saves are covered; trainer checkpoint saves get a variant when they exist.
+//! binary re-executed with `SMOLCAP_FAULT_OP` set) and a check that its output loads. Merge saves,
+//! PEFT adapter saves and trainer checkpoint saves (adapter + optimizer state + trainer state in
+//! nested directories) are covered.
 //!
 //! `SMOLCAP_FAULT_KILLS` sets the number of kills per operation (default 100, 200 in all).
 
@@ -29,6 +30,8 @@ enum SaveOp {
     Merge,
     /// `Adapter::save` of a PEFT adapter.
     AdapterSave,
+    /// `Trainer::save_checkpoint` (nested: adapter/, optimizer.safetensors, trainer_state.json).
+    Checkpoint,
 }
 
 impl SaveOp {
@@ -36,6 +39,7 @@ impl SaveOp {
         match self {
             SaveOp::Merge => "merge",
             SaveOp::AdapterSave => "adapter-save",
+            SaveOp::Checkpoint => "checkpoint",
         }
     }
 
@@ -43,6 +47,7 @@ impl SaveOp {
         match s {
             "merge" => Some(SaveOp::Merge),
             "adapter-save" => Some(SaveOp::AdapterSave),
+            "checkpoint" => Some(SaveOp::Checkpoint),
             _ => None,
         }
     }
@@ -69,6 +74,22 @@ impl SaveOp {
                 }
                 a.save(out)
             }
+            SaveOp::Checkpoint => {
+                let model = std::sync::Arc::new(smolcap::Model::load_dir(
+                    &base,
+                    &smolcap::LoadOptions::default(),
+                )?);
+                let lora = smolcap::train::LoraOptions {
+                    r: 2,
+                    ..Default::default()
+                };
+                let opts = smolcap::train::TrainOptions {
+                    seed: u64::from(v),
+                    ..Default::default()
+                };
+                let t = smolcap::train::Trainer::new(model, lora, opts, None)?;
+                t.save_checkpoint(out, &serde_json::json!({ "version": v }))
+            }
         }
     }
 
@@ -89,22 +110,33 @@ impl SaveOp {
                 let w = Weights::open(&fixture("tiny-idefics3"), DType::F32, &Device::Cpu)?;
                 Adapter::load_with_shapes(out, &w.linear_shapes(), &Device::Cpu).map(|_| ())
             }
+            SaveOp::Checkpoint => {
+                let model = std::sync::Arc::new(smolcap::Model::load_dir(
+                    &fixture("tiny-idefics3"),
+                    &smolcap::LoadOptions::default(),
+                )?);
+                smolcap::train::Trainer::resume(model, out).map(|_| ())
+            }
         }
     }
 }
 
-/// File name → contents of a directory (flat: every save writes a flat directory).
+/// Relative path → contents of every file under a directory (checkpoints nest an adapter/).
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((d, prefix)) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
             let e = e.unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect()
+            let name = format!("{prefix}{}", e.file_name().to_string_lossy());
+            if e.file_type().unwrap().is_dir() {
+                stack.push((e.path(), format!("{name}/")));
+            } else {
+                out.insert(name, std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    out
 }
 
 fn scratch(tag: &str) -> PathBuf {
@@ -254,6 +286,12 @@ fn killed_merge_saves_leave_a_complete_set() {
 }
 
 #[test]
+fn killed_checkpoint_saves_leave_a_complete_set() {
+    let n = kill_harness(SaveOp::Checkpoint, kills_per_op(), 0x94d0_49bb_1331_11eb);
+    assert!(n >= 1);
+}
+
+#[test]
 fn killed_adapter_saves_leave_a_complete_set() {
     let n = kill_harness(SaveOp::AdapterSave, kills_per_op(), 0xd1b5_4a32_d192_ed03);
     assert!(n >= 1);
@@ -316,4 +354,9 @@ fn full_disk_merge_is_an_io_error() {
 #[test]
 fn full_disk_adapter_save_is_an_io_error() {
     full_disk(SaveOp::AdapterSave, 512);
+}
+
+#[test]
+fn full_disk_checkpoint_save_is_an_io_error() {
+    full_disk(SaveOp::Checkpoint, 4096);
 }
