@@ -2437,10 +2437,15 @@ fn c_api_utf8_and_params() {
 // ---------------------------------------------------------------------------------------------
 // NULL for every pointer of every C function, generated from the header
 
-/// The directory of the cdylib built beside this test (target/<profile>).
+/// The directory of the cdylib built with this test: `cargo test` leaves it in
+/// target/<profile>/deps (beside the test binary), `cargo build` in target/<profile>.
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+    let deps = exe.parent().unwrap().to_path_buf();
+    if deps.join("libsmolcap.so").is_file() {
+        return deps;
+    }
+    deps.parent().unwrap_or(&deps).to_path_buf()
 }
 
 #[test]

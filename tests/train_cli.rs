@@ -75,6 +75,7 @@ fn train_writes_adapter_logs_checkpoints_and_resumes_exactly() {
     let a = scratch("a");
     let stdout = train(&a, &[]);
     assert!(stdout.contains("trained 4 steps"), "{stdout}");
+    assert!(stdout.contains("trainable parameters"), "{stdout}");
     for f in ["adapter_config.json", "adapter_model.safetensors"] {
         assert!(a.join(f).is_file(), "{f} missing");
     }

@@ -1221,6 +1221,11 @@ fn train(a: TrainArgs) -> AnyResult<()> {
             .unwrap_or_default(),
         r.adapter_dir.display()
     );
+    println!(
+        "trainable parameters {}, frozen decoder weights resident {:.1} MiB",
+        r.trainable_parameters,
+        r.resident_weight_bytes as f64 / (1024.0 * 1024.0)
+    );
     if r.bad_rows + r.rejected + r.truncated > 0 || r.skipped_steps > 0 {
         println!(
             "skipped rows {}, rejected (too long) {}, captions shortened {}, non-finite steps skipped {}",

@@ -74,6 +74,10 @@ pub struct RunReport {
     pub skipped_steps: u64,
     /// Seconds spent.
     pub seconds: f64,
+    /// Trainable scalars.
+    pub trainable_parameters: usize,
+    /// Bytes of frozen decoder weights the trainer kept (NF4 codes with QLoRA).
+    pub resident_weight_bytes: usize,
     /// Where the final adapter is.
     pub adapter_dir: PathBuf,
 }
@@ -364,6 +368,8 @@ pub fn run(
         &json!(pos),
     )?;
     report.steps = trainer.step_count();
+    report.trainable_parameters = trainer.trainable_parameters();
+    report.resident_weight_bytes = trainer.resident_weight_bytes();
     report.skipped_steps = trainer.skipped_steps();
     report.seconds = t0.elapsed().as_secs_f64();
     report.adapter_dir = opts.output_dir.clone();
