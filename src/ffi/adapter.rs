@@ -372,12 +372,7 @@ pub unsafe extern "C" fn smolcap_merge_save(
         }
         // SAFETY: caller contract.
         let p = unsafe { params::read(params) }?;
-        if p.overwrite > 1 {
-            return Err(FfiError::invalid(format!(
-                "params.overwrite is {}, must be 0 or 1",
-                p.overwrite
-            )));
-        }
+        let overwrite = params::flag(p.overwrite, "overwrite")?;
         if p.max_shard_bytes == 0 {
             return Err(FfiError::invalid(
                 "params.max_shard_bytes must be at least 1",
@@ -429,7 +424,7 @@ pub unsafe extern "C" fn smolcap_merge_save(
             .collect();
         let opts = MergeOptions {
             max_shard_bytes: p.max_shard_bytes,
-            overwrite: p.overwrite == 1,
+            overwrite,
         };
         let report = merge::merge_save(&base_dir, &pairs, Path::new(out_s), &opts, &mut |_, _| {})
             .map_err(|e| FfiError::from(e).context(out_s))?;

@@ -124,3 +124,14 @@ pub unsafe fn init<T: Versioned>(p: *mut T, struct_size: usize) -> FfiResult<()>
     }
     Ok(())
 }
+
+/// Reads a 0/1 field of a params struct as a bool (`INVALID_ARGUMENT` naming it otherwise).
+pub fn flag(v: u32, what: &str) -> FfiResult<bool> {
+    match v {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(FfiError::invalid(format!(
+            "params.{what} is {v}, must be 0 or 1"
+        ))),
+    }
+}

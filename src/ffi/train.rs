@@ -262,16 +262,6 @@ pub unsafe extern "C" fn smolcap_train_params_init(
     })
 }
 
-fn flag(v: u32, what: &str) -> FfiResult<bool> {
-    match v {
-        0 => Ok(false),
-        1 => Ok(true),
-        _ => Err(FfiError::invalid(format!(
-            "params.{what} is {v}, must be 0 or 1"
-        ))),
-    }
-}
-
 /// Converts the C params into library options.
 ///
 /// # Safety
@@ -325,9 +315,9 @@ unsafe fn options(p: &smolcap_train_params) -> FfiResult<(LoraOptions, TrainOpti
         r: p.lora_r as usize,
         alpha: finite(p.lora_alpha, "lora_alpha")?,
         dropout: p.lora_dropout as f32,
-        use_rslora: flag(p.use_rslora, "use_rslora")?,
-        train_vision: flag(p.train_vision, "train_vision")?,
-        train_connector: flag(p.train_connector, "train_connector")?,
+        use_rslora: params::flag(p.use_rslora, "use_rslora")?,
+        train_vision: params::flag(p.train_vision, "train_vision")?,
+        train_connector: params::flag(p.train_connector, "train_connector")?,
         ..LoraOptions::default()
     };
     if let Some(t) = targets {
@@ -346,9 +336,9 @@ unsafe fn options(p: &smolcap_train_params) -> FfiResult<(LoraOptions, TrainOpti
         max_grad_norm: clip,
         micro_batch: p.micro_batch as usize,
         seed: p.seed,
-        recompute: flag(p.recompute, "recompute")?,
+        recompute: params::flag(p.recompute, "recompute")?,
         max_bad_steps: p.max_bad_steps.max(1),
-        qlora: flag(p.qlora, "qlora")?,
+        qlora: params::flag(p.qlora, "qlora")?,
         collate: CollateOptions {
             prompt: prompt.map_or(d.collate.prompt.clone(), str::to_string),
             longest_edge: (p.image_longest_edge > 0).then_some(p.image_longest_edge),

@@ -473,8 +473,11 @@ impl Trainer {
                 &dev,
             )?;
             let seed = self.opts.seed ^ (self.step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let train = grads.is_some();
-            let dropout = if train { self.lora.dropout } else { 0.0 };
+            let dropout = if grads.is_some() {
+                self.lora.dropout
+            } else {
+                0.0
+            };
             let mut img_rng = StdRng::seed_from_u64(seed ^ ((mi as u64) << 32) ^ 0xFFFF);
             let mut ctx = Ctx {
                 params: &self.params,
@@ -501,46 +504,43 @@ impl Trainer {
                 }
             }
             let embeds = self.net.text.embed(&b.ids, &b.image_pos, feats.as_ref())?;
-            let need_embed_grad = train && self.net.image_trainable() && feats.is_some();
             let tb = TextBatch {
                 label_pos: &b.label_pos,
                 labels: &b.labels,
-            };
-            let mut layer_rng = |li: usize| {
-                Some(StdRng::seed_from_u64(
-                    seed ^ ((mi as u64) << 32) ^ li as u64,
-                ))
             };
             let mut ctx = Ctx {
                 params: &self.params,
                 dropout,
                 rng: None,
             };
-            let mut scratch = Grads::new(self.params.values.len());
-            let g = match grads.as_deref_mut() {
-                Some(g) => g,
-                None => &mut scratch,
+            let loss = match grads.as_deref_mut() {
+                Some(g) => {
+                    let need_embed_grad = self.net.image_trainable() && feats.is_some();
+                    let mut layer_rng = |li: usize| {
+                        Some(StdRng::seed_from_u64(
+                            seed ^ ((mi as u64) << 32) ^ li as u64,
+                        ))
+                    };
+                    let (loss, demb) = self.net.text.loss_and_backward(
+                        &embeds,
+                        &tb,
+                        grad_scale,
+                        &mut ctx,
+                        g,
+                        need_embed_grad,
+                        self.opts.recompute,
+                        &mut layer_rng,
+                    )?;
+                    if let (Some(d), Some(c)) = (demb, &icache) {
+                        let (bb, l, h) = d.dims3()?;
+                        let idx = Tensor::new(b.image_pos.as_slice(), &dev)?;
+                        let dfeat = d.reshape((bb * l, h))?.index_select(&idx, 0)?;
+                        self.net.image_backward(&dfeat, c, &self.params, g)?;
+                    }
+                    loss
+                }
+                None => self.net.text.loss_only(&embeds, &tb, &mut ctx)?,
             };
-            let (loss, demb) = if train {
-                self.net.text.loss_and_backward(
-                    &embeds,
-                    &tb,
-                    grad_scale,
-                    &mut ctx,
-                    g,
-                    need_embed_grad,
-                    self.opts.recompute,
-                    &mut layer_rng,
-                )?
-            } else {
-                (self.net.text.loss_only(&embeds, &tb, &mut ctx)?, None)
-            };
-            if let (Some(d), Some(c)) = (demb, &icache) {
-                let (bb, l, h) = d.dims3()?;
-                let idx = Tensor::new(b.image_pos.as_slice(), &dev)?;
-                let dfeat = d.reshape((bb * l, h))?.index_select(&idx, 0)?;
-                self.net.image_backward(&dfeat, c, &self.params, g)?;
-            }
             total += loss;
             tokens += b.labels.len();
         }

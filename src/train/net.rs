@@ -684,6 +684,15 @@ pub(crate) fn pixel_unshuffle(x: &Tensor, s: usize) -> Result<Tensor> {
     Ok(x.reshape((n, seq, d))?)
 }
 
+/// What the output head's forward keeps for its backward.
+struct Head {
+    idx: Tensor,
+    hs: Tensor,
+    rstd: Tensor,
+    w: Tensor,
+    logits: Tensor,
+}
+
 /// One padded batch for the decoder.
 pub(crate) struct TextBatch<'a> {
     /// Flat positions (row·L + col) whose next token is a label, and those labels.
@@ -850,21 +859,41 @@ impl TextNet {
         batch: &TextBatch,
         ctx: &mut Ctx,
     ) -> Result<f64> {
-        let (b, l, h) = embeds.dims3()?;
-        self.check(l)?;
-        let dev = embeds.device().clone();
-        let cos = self.cos.narrow(0, 0, l)?;
-        let sin = self.sin.narrow(0, 0, l)?;
-        let mask = grad::causal_mask(l, &dev)?;
+        let (cos, sin, mask) = self.tables(embeds)?;
         let mut x = embeds.clone();
         for li in 0..self.layers.len() {
             x = self.layer_forward(li, &x, &cos, &sin, &mask, ctx)?.0;
         }
-        let idx = Tensor::new(batch.label_pos, &dev)?;
+        let head = self.head(&x, batch)?;
+        Ok(grad::cross_entropy(&head.logits, batch.labels, 0.0)?.0)
+    }
+
+    /// RoPE tables and the causal mask for the sequence length of `embeds` `[b, L, hidden]`.
+    fn tables(&self, embeds: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let l = embeds.dim(1)?;
+        self.check(l)?;
+        Ok((
+            self.cos.narrow(0, 0, l)?,
+            self.sin.narrow(0, 0, l)?,
+            grad::causal_mask(l, embeds.device())?,
+        ))
+    }
+
+    /// Final norm and output head, only at the positions that predict a label.
+    fn head(&self, x: &Tensor, batch: &TextBatch) -> Result<Head> {
+        let (b, l, h) = x.dims3()?;
+        let idx = Tensor::new(batch.label_pos, x.device())?;
         let hs = x.reshape((b * l, h))?.index_select(&idx, 0)?;
-        let (n, _) = grad::rms_norm(&hs, &self.norm, self.eps)?;
-        let logits = n.matmul(&self.lm_head.get()?.t()?)?;
-        Ok(grad::cross_entropy(&logits, batch.labels, 0.0)?.0)
+        let (n, rstd) = grad::rms_norm(&hs, &self.norm, self.eps)?;
+        let w = self.lm_head.get()?;
+        let logits = n.matmul(&w.t()?)?;
+        Ok(Head {
+            idx,
+            hs,
+            rstd,
+            w,
+            logits,
+        })
     }
 
     /// Forward + backward of the decoder on `embeds` `[b, L, hidden]`.
@@ -886,12 +915,8 @@ impl TextNet {
         rngs: &mut dyn FnMut(usize) -> Option<StdRng>,
     ) -> Result<(f64, Option<Tensor>)> {
         let (b, l, h) = embeds.dims3()?;
-        self.check(l)?;
-        let dev = embeds.device().clone();
-        let cos = self.cos.narrow(0, 0, l)?;
-        let sin = self.sin.narrow(0, 0, l)?;
+        let (cos, sin, mask) = self.tables(embeds)?;
         let neg_sin = sin.neg()?;
-        let mask = grad::causal_mask(l, &dev)?;
         let mut inputs = Vec::with_capacity(self.layers.len());
         let mut caches = Vec::with_capacity(self.layers.len());
         let mut x = embeds.clone();
@@ -910,17 +935,12 @@ impl TextNet {
             }
             x = y;
         }
-        // Only positions that predict a label go through the final norm and the head.
-        let idx = Tensor::new(batch.label_pos, &dev)?;
-        let hs = x.reshape((b * l, h))?.index_select(&idx, 0)?;
-        let (n, rstd) = grad::rms_norm(&hs, &self.norm, self.eps)?;
-        let w = self.lm_head.get()?;
-        let logits = n.matmul(&w.t()?)?;
-        let (loss, dlogits) = grad::cross_entropy(&logits, batch.labels, grad_scale)?;
-        let dn = dlogits.matmul(&w)?;
-        let dhs = grad::rms_norm_bwd(&dn, &hs, &self.norm, &rstd)?;
-        let mut dh = Tensor::zeros((b * l, h), DType::F32, &dev)?
-            .index_add(&idx, &dhs, 0)?
+        let hd = self.head(&x, batch)?;
+        let (loss, dlogits) = grad::cross_entropy(&hd.logits, batch.labels, grad_scale)?;
+        let dn = dlogits.matmul(&hd.w)?;
+        let dhs = grad::rms_norm_bwd(&dn, &hd.hs, &self.norm, &hd.rstd)?;
+        let mut dh = Tensor::zeros((b * l, h), DType::F32, embeds.device())?
+            .index_add(&hd.idx, &dhs, 0)?
             .reshape((b, l, h))?;
         for li in (0..self.layers.len()).rev() {
             let c = if recompute {
@@ -938,14 +958,8 @@ impl TextNet {
                     None => return Err(Error::Internal("layer cache missing".into())),
                 }
             };
-            if li == 0 && !need_embed_grad {
-                // The input gradient of the first layer is not needed; its parameter
-                // gradients still are, so run the layer's backward and drop the result.
-                self.layer_backward(li, &dh, &c, &cos, &neg_sin, ctx.params, g)?;
-                return Ok((loss, None));
-            }
             dh = self.layer_backward(li, &dh, &c, &cos, &neg_sin, ctx.params, g)?;
         }
-        Ok((loss, Some(dh)))
+        Ok((loss, need_embed_grad.then_some(dh)))
     }
 }

@@ -144,7 +144,7 @@ fn examples(ds: &Dataset, rows: &[&Row], bad: &mut usize) -> Result<Vec<Example>
         let (i, img) = item?;
         match img {
             Ok(image) => decoded[i] = Some(image),
-            Err(e) => log::warn(&format!("skipping {}: {e}", ds.locate(&unique[i].image))),
+            Err(e) => warn(&format!("skipping {}: {e}", ds.locate(&unique[i].image))),
         }
     }
     let mut out = Vec::with_capacity(rows.len());
@@ -161,11 +161,9 @@ fn examples(ds: &Dataset, rows: &[&Row], bad: &mut usize) -> Result<Vec<Example>
     Ok(out)
 }
 
-mod log {
-    /// Warnings go to stderr: the run's only side channel besides its files.
-    pub fn warn(msg: &str) {
-        eprintln!("warning: {msg}");
-    }
+/// Warnings go to stderr: the run's only side channel besides its files.
+fn warn(msg: &str) {
+    eprintln!("warning: {msg}");
 }
 
 /// Runs training from `opts` with `lora` and `train` (whose `total_steps` and `micro_batch` are
@@ -190,7 +188,7 @@ pub fn run(
         ..RunReport::default()
     };
     for b in ds.bad_rows().iter().take(5) {
-        log::warn(&format!("bad row {b}"));
+        warn(&format!("bad row {b}"));
     }
     let rows = ds.rows(&Select {
         shuffle_seed: None,
@@ -261,7 +259,7 @@ pub fn run(
                     ex
                 }
                 Err(e) => {
-                    log::warn(&format!("no evaluation: {e}"));
+                    warn(&format!("no evaluation: {e}"));
                     Vec::new()
                 }
             }
