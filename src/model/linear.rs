@@ -46,6 +46,25 @@ impl Linear {
 
     /// Applies the layer (plus any LoRA update for it in `lora`) to `x` of shape `[..., in]`.
     pub fn forward(&self, x: &Tensor, lora: &LoraSet) -> Result<Tensor> {
+        self.forward_impl(x, None, lora)
+    }
+
+    /// `residual + layer(x)`, the sum formed inside the product on the CPU (one pass fewer).
+    pub fn forward_residual(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        lora: &LoraSet,
+    ) -> Result<Tensor> {
+        self.forward_impl(x, Some(residual), lora)
+    }
+
+    fn forward_impl(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        lora: &LoraSet,
+    ) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
@@ -55,13 +74,23 @@ impl Linear {
         };
         // A 2-D matmul against the transposed weight avoids a broadcasted batch matmul.
         let x2 = x.reshape((rows, in_dim))?;
-        let mut y = match crate::model::ops::skinny_matmul(&x2, weight)? {
-            Some(y) => y,
-            None => x2.matmul(&weight.t()?)?,
+        let res2 = match residual {
+            Some(r) => Some(r.reshape((rows, self.out_dim()))?),
+            None => None,
         };
-        if let Some(b) = bias {
-            y = y.broadcast_add(b)?;
-        }
+        let mut y = match crate::model::ops::linear(&x2, weight, bias, res2.as_ref())? {
+            Some(y) => y,
+            None => {
+                let mut y = x2.matmul(&weight.t()?)?;
+                if let Some(b) = bias {
+                    y = y.broadcast_add(b)?;
+                }
+                if let Some(r) = &res2 {
+                    y = (y + r)?;
+                }
+                y
+            }
+        };
         let pairs = lora.pairs(&self.name);
         if !pairs.is_empty() {
             y = lora::apply(&x2, y, pairs)?;

@@ -1,34 +1,14 @@
-//! CPU kernels for the element-wise hot spots candle runs single-threaded: tanh-GELU and the
-//! attention softmax. Other devices and dtypes use candle's own ops.
+//! CPU f32 kernels for the hot spots: linear layers with the bias and residual added in the
+//! product, attention read straight from the projections' layout (no transposes), RoPE, the
+//! gated SiLU, tanh-GELU and softmax. Other devices and dtypes use candle's own ops.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::model::simd;
 
 const CHUNK: usize = 16 * 1024;
-
-/// `e^x` in f32 without a libm call, so loops over it vectorise (Cephes `expf`: range reduction
-/// by ln 2 and a degree-6 polynomial, within 3e-7 relative); inputs below -87.3 give exactly 0.
-/// Used for GELU only: in softmax its error shows in the logits (1.1e-4 vs 1e-4 tolerance).
-#[inline(always)]
-pub fn exp_f32(x: f32) -> f32 {
-    let under = x < -87.3;
-    let x = x.clamp(-87.3, 88.7);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 0.166_666_65)
-        * r
-        + 0.5;
-    let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    if under {
-        0.0
-    } else {
-        y * scale
-    }
-}
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
@@ -50,30 +30,10 @@ impl CustomOp1 for GeluTanh {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, self.name())?;
         let mut out = vec![0f32; x.len()];
-        const C: f32 = 0.797_884_6; // sqrt(2/pi)
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
-            .for_each(|(o, i)| {
-                for (o, &v) in o.iter_mut().zip(i) {
-                    // 0.5·x·(1 + tanh(y)) == x / (1 + e^(-2y)), y = √(2/π)(x + 0.044715x³)
-                    let y = C * (v + 0.044_715 * v * v * v);
-                    *o = v / (1.0 + exp_f32(-2.0 * y));
-                }
-            });
+            .for_each(|(o, i)| simd::gelu_tanh(o, i));
         Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-}
-
-/// `row ← softmax(scale · row)`, with libm `exp` (see `exp_f32` for why not the fast one).
-fn softmax_in_place(row: &mut [f32], scale: f32) {
-    let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
-    for x in row.iter_mut() {
-        *x = (*x * scale - m).exp();
-    }
-    let sum: f32 = row.iter().sum();
-    let inv = 1.0 / sum;
-    for x in row.iter_mut() {
-        *x *= inv;
     }
 }
 
@@ -97,221 +57,466 @@ impl CustomOp1 for ScaledSoftmax {
             .for_each(|(o, i)| {
                 o.copy_from_slice(i);
                 for row in o.chunks_mut(n) {
-                    softmax_in_place(row, scale);
+                    simd::softmax(row, scale);
                 }
             });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 }
 
-/// `C = A·B` for row-major `A` `[m, k]` (row stride `a_rs`), `B` given by its strides, `C`
-/// `[m, n]` contiguous; single-threaded (callers parallelise over heads).
+/// The elements of a contiguous f32 CPU tensor, from its storage guard and layout.
+pub(crate) fn f32_slice<'a>(st: &'a Storage, l: &Layout) -> Result<&'a [f32]> {
+    match (st, l.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(&v[a..b]),
+        _ => Err(Error::Internal(format!(
+            "expected a contiguous f32 CPU tensor, got {:?}",
+            l.dims()
+        ))),
+    }
+}
+
+/// `dst[i·dst_rs + j] (+)= Σ_p a[i·a_rs + p] · b[p·b_rs + j·b_cs]` for an `m×n` block;
+/// single-threaded unless `par` (callers already parallel over heads pass false).
+///
+/// # Safety
+/// Every element addressed through `dst`, `a` and `b` with these sizes and strides must lie in
+/// its allocation, and `dst` must not alias `a` or `b` or be written by another thread.
 #[allow(clippy::too_many_arguments)]
-fn gemm_rows(
-    m: usize,
-    n: usize,
-    k: usize,
-    c: &mut [f32],
-    a: &[f32],
+unsafe fn gemm_raw(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    a: *const f32,
     a_rs: usize,
-    b: &[f32],
+    b: *const f32,
     b_rs: usize,
     b_cs: usize,
+    par: bool,
 ) {
-    // The bounds below make every index gemm reads or writes lie inside the slices.
-    assert!(c.len() >= m * n);
-    assert!(m == 0 || k == 0 || a.len() > (m - 1) * a_rs + (k - 1));
-    assert!(n == 0 || k == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
-    // SAFETY: the asserts above bound every accessed element of a, b and c; c is exclusively
-    // borrowed, a and b are shared borrows that do not alias c.
+    if m == 0 || n == 0 {
+        return;
+    }
+    let parallelism = if par {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the caller guarantees the bounds and aliasing rules above.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            dst,
             1,
-            n as isize,
-            false,
-            a.as_ptr(),
+            dst_rs as isize,
+            accumulate,
+            a,
             1,
             a_rs as isize,
-            b.as_ptr(),
+            b,
             b_cs as isize,
             b_rs as isize,
-            0.0f32,
+            if accumulate { 1.0f32 } else { 0.0 },
             1.0f32,
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     }
 }
 
-/// Softmax attention over `[units, rows, d]` queries and `[units, keys, d]` keys/values, one
-/// unit per rayon task. `causal = Some((past, l))`: query row r (position `r % l`) sees keys
-/// `..= past + r % l`.
-struct Attention {
-    scale: f32,
-    causal: Option<(usize, usize)>,
-}
-
-impl CustomOp3 for Attention {
-    fn name(&self) -> &'static str {
-        "attention-cpu"
+/// `y = x Wᵀ (+ bias) (+ residual)` for `x` `[m, k]` and `W` `[out, k]` on the CPU in f32, the
+/// bias and residual folded into the product's output; `None` when the fast path does not apply.
+pub fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    let operands_ok = fast_path(x)
+        && fast_path(w)
+        && bias.is_none_or(fast_path)
+        && residual.is_none_or(fast_path);
+    if !operands_ok {
+        return Ok(None);
     }
-
-    fn cpu_fwd(
-        &self,
-        sq: &CpuStorage,
-        lq: &Layout,
-        sk: &CpuStorage,
-        lk: &Layout,
-        sv: &CpuStorage,
-        lv: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let q = contiguous_f32(sq, lq, self.name())?;
-        let k = contiguous_f32(sk, lk, self.name())?;
-        let v = contiguous_f32(sv, lv, self.name())?;
-        let (&[uq, rows, d], &[uk, keys, dk], &[uv, kv2, dv]) = (lq.dims(), lk.dims(), lv.dims())
-        else {
-            candle_core::bail!("attention-cpu: expects 3-d q, k, v")
-        };
-        if uq != uk || uq != uv || d != dk || d != dv || keys != kv2 {
-            candle_core::bail!(
-                "attention-cpu: shapes {:?} {:?} {:?}",
-                lq.dims(),
-                lk.dims(),
-                lv.dims()
+    let (m, k) = x.dims2()?;
+    let (n, k2) = w.dims2()?;
+    if k != k2
+        || bias.is_some_and(|b| b.elem_count() != n)
+        || residual.is_some_and(|r| r.elem_count() != m * n)
+    {
+        return Err(Error::Internal(format!(
+            "linear: x {:?}, weight {:?}, bias {:?}, residual {:?}",
+            x.dims(),
+            w.dims(),
+            bias.map(|b| b.dims().to_vec()),
+            residual.map(|r| r.dims().to_vec())
+        )));
+    }
+    let mut out = match residual {
+        Some(r) => {
+            let (g, l) = r.storage_and_layout();
+            f32_slice(&g, l)?.to_vec()
+        }
+        None => vec![0f32; m * n],
+    };
+    if let Some(b) = bias {
+        let (g, l) = b.storage_and_layout();
+        let b = f32_slice(&g, l)?;
+        out.par_chunks_mut(n).for_each(|row| {
+            for (o, &v) in row.iter_mut().zip(b) {
+                *o += v;
+            }
+        });
+    }
+    let accumulate = residual.is_some() || bias.is_some();
+    let (xg, xl) = x.storage_and_layout();
+    let xs = f32_slice(&xg, xl)?;
+    let (wg, wl) = w.storage_and_layout();
+    let ws = f32_slice(&wg, wl)?;
+    if m <= SKINNY_ROWS {
+        skinny(xs, ws, m, n, k, &mut out)?;
+    } else {
+        // SAFETY: xs is [m, k], ws is [n, k] (read as Wᵀ: row stride 1, column stride k), out
+        // is [m, n] and a fresh allocation.
+        unsafe {
+            gemm_raw(
+                (m, n, k),
+                out.as_mut_ptr(),
+                n,
+                accumulate,
+                xs.as_ptr(),
+                k,
+                ws.as_ptr(),
+                1,
+                k,
+                true,
             )
         }
-        let mut out = vec![0f32; uq * rows * d];
-        let (scale, causal) = (self.scale, self.causal);
-        out.par_chunks_mut(rows * d).enumerate().for_each(|(u, o)| {
-            let qu = &q[u * rows * d..(u + 1) * rows * d];
-            let ku = &k[u * keys * d..(u + 1) * keys * d];
-            let vu = &v[u * keys * d..(u + 1) * keys * d];
-            let mut s = vec![0f32; rows * keys];
-            // S = Q Kᵀ: B = Kᵀ has row stride 1 and column stride d.
-            gemm_rows(rows, keys, d, &mut s, qu, d, ku, 1, d);
-            for (r, row) in s.chunks_mut(keys).enumerate() {
-                let visible = match causal {
-                    Some((past, l)) => (past + r % l + 1).min(keys),
-                    None => keys,
-                };
-                softmax_in_place(&mut row[..visible], scale);
-                for x in row[visible..].iter_mut() {
-                    *x = 0.0;
+    }
+    Ok(Some(Tensor::from_vec(out, (m, n), x.device())?))
+}
+
+/// Row counts up to which [`linear`] streams the weights once (decode) instead of a gemm.
+const SKINNY_ROWS: usize = 8;
+
+/// `out[i, :] += x[i, :] Wᵀ` for a few rows: one pass over `W` split across threads by output
+/// rows, so decoding streams the weights at memory speed (a general gemm with m = 1 runs far
+/// below it).
+fn skinny(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, out: &mut [f32]) -> Result<()> {
+    const ROWS: usize = 32;
+    if x.len() != m * k || w.len() != n * k || out.len() != m * n {
+        return Err(Error::Internal("skinny: operand sizes".into()));
+    }
+    if m == 1 {
+        out.par_chunks_mut(ROWS).enumerate().for_each(|(bi, o)| {
+            for (r, o) in o.iter_mut().enumerate() {
+                let row = bi * ROWS + r;
+                *o += simd::dot(&w[row * k..(row + 1) * k], x);
+            }
+        });
+        return Ok(());
+    }
+    // Output laid out [n-block][m][rows] while computing, then added into [m, n].
+    let mut blocks = vec![0f32; m * n];
+    blocks
+        .par_chunks_mut(ROWS * m)
+        .enumerate()
+        .for_each(|(bi, o)| {
+            let r0 = bi * ROWS;
+            let rows = o.len() / m;
+            for r in 0..rows {
+                let wr = &w[(r0 + r) * k..(r0 + r + 1) * k];
+                for i in 0..m {
+                    o[i * rows + r] = simd::dot(wr, &x[i * k..(i + 1) * k]);
                 }
             }
-            gemm_rows(rows, d, keys, o, &s, keys, vu, d, 1);
         });
-        Ok((CpuStorage::F32(out), Shape::from((uq, rows, d))))
-    }
-}
-
-/// `softmax(scale·Q Kᵀ [+ causal mask]) V` for `q` `[units, rows, d]`, `k`/`v` `[units, keys, d]`
-/// on the CPU in f32; `None` when the fast path does not apply (other device or dtype).
-pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    scale: f64,
-    causal: Option<(usize, usize)>,
-) -> Result<Option<Tensor>> {
-    if !(fast_path(q) && fast_path(k) && fast_path(v)) {
-        return Ok(None);
-    }
-    let op = Attention {
-        scale: scale as f32,
-        causal,
-    };
-    Ok(Some(q.apply_op3_no_bwd(k, v, &op)?))
-}
-
-/// `y = x Wᵀ` for a few rows of `x` (`[m, in]`, m small) and `W` `[out, in]`: one pass over `W`
-/// split across threads by output rows, so decoding streams the weights at memory speed (a
-/// general gemm with m = 1 runs far below it).
-struct SkinnyMatmul;
-
-impl candle_core::CustomOp2 for SkinnyMatmul {
-    fn name(&self) -> &'static str {
-        "skinny-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        sx: &CpuStorage,
-        lx: &Layout,
-        sw: &CpuStorage,
-        lw: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(sx, lx, self.name())?;
-        let w = contiguous_f32(sw, lw, self.name())?;
-        let (&[m, k], &[n, k2]) = (lx.dims(), lw.dims()) else {
-            candle_core::bail!("skinny-matmul: expects 2-d operands")
-        };
-        if k != k2 {
-            candle_core::bail!("skinny-matmul: inner sizes {k} and {k2} differ")
+    for (bi, o) in blocks.chunks(ROWS * m).enumerate() {
+        let rows = o.len() / m;
+        for i in 0..m {
+            let dst = &mut out[i * n + bi * ROWS..i * n + bi * ROWS + rows];
+            for (d, &v) in dst.iter_mut().zip(&o[i * rows..(i + 1) * rows]) {
+                *d += v;
+            }
         }
-        const ROWS: usize = 64;
-        // Output laid out [n-block][m][rows] while computing, then transposed to [m, n].
-        let mut blocks = vec![0f32; m * n];
-        blocks
-            .par_chunks_mut(ROWS * m)
-            .enumerate()
-            .for_each(|(bi, out)| {
-                let r0 = bi * ROWS;
-                let rows = out.len() / m;
-                for r in 0..rows {
-                    let wr = &w[(r0 + r) * k..(r0 + r + 1) * k];
-                    for i in 0..m {
-                        out[i * rows + r] = dot(wr, &x[i * k..(i + 1) * k]);
+    }
+    Ok(())
+}
+
+/// Where the rows of one attention head lie in a buffer: element `(batch, head, row, j)` is at
+/// `batch·self.batch + head·self.head + row·self.row + j`.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLayout {
+    /// Stride between batch rows.
+    pub batch: usize,
+    /// Stride between heads.
+    pub head: usize,
+    /// Stride between positions.
+    pub row: usize,
+}
+
+impl HeadLayout {
+    /// `[b, rows, heads, d]`, the layout of a projection's output.
+    pub fn rows_heads(rows: usize, heads: usize, d: usize) -> Self {
+        Self {
+            batch: rows * heads * d,
+            head: d,
+            row: heads * d,
+        }
+    }
+
+    /// `[b, heads, rows, d]`, the layout of the KV cache.
+    pub fn heads_rows(rows: usize, heads: usize, d: usize) -> Self {
+        Self {
+            batch: heads * rows * d,
+            head: rows * d,
+            row: d,
+        }
+    }
+
+    /// One past the largest offset of `(b, heads, rows, d)` elements.
+    fn extent(&self, b: usize, heads: usize, rows: usize, d: usize) -> usize {
+        if b == 0 || heads == 0 || rows == 0 || d == 0 {
+            return 0;
+        }
+        (b - 1) * self.batch + (heads - 1) * self.head + (rows - 1) * self.row + d
+    }
+}
+
+/// Sizes of an attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    /// Batch rows.
+    pub batch: usize,
+    /// Query heads (a multiple of `kv_heads`: grouped-query attention).
+    pub q_heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Query positions per batch row.
+    pub rows: usize,
+    /// Key positions per batch row.
+    pub keys: usize,
+    /// Head width.
+    pub d: usize,
+    /// Score scale (1/√d).
+    pub scale: f32,
+    /// `Some(past)`: causal, query row r sees keys `..= past + r`.
+    pub causal: Option<usize>,
+}
+
+/// A pointer that parallel tasks write through at disjoint offsets.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: every task writes a disjoint set of elements (one head's rows of one row block).
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `softmax(scale·Q Kᵀ [+ causal/key mask]) V` on raw f32 buffers laid out as `*_layout` say,
+/// into `out` `[batch, rows, q_heads, d]` (the input layout of the output projection). Keys with
+/// `key_mask[b·keys + j] == 0` get zero weight; a query row that sees no key gets zeros.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_raw(
+    sh: &AttentionShape,
+    q: &[f32],
+    ql: HeadLayout,
+    k: &[f32],
+    kl: HeadLayout,
+    v: &[f32],
+    vl: HeadLayout,
+    key_mask: Option<&[u8]>,
+    out: &mut [f32],
+) -> Result<()> {
+    let AttentionShape {
+        batch,
+        q_heads,
+        kv_heads,
+        rows,
+        keys,
+        d,
+        scale,
+        causal,
+    } = *sh;
+    if kv_heads == 0 || q_heads % kv_heads != 0 {
+        return Err(Error::Internal(format!(
+            "attention: {q_heads} query heads over {kv_heads} kv heads"
+        )));
+    }
+    let ol = HeadLayout::rows_heads(rows, q_heads, d);
+    if ql.extent(batch, q_heads, rows, d) > q.len()
+        || kl.extent(batch, kv_heads, keys, d) > k.len()
+        || vl.extent(batch, kv_heads, keys, d) > v.len()
+        || ol.extent(batch, q_heads, rows, d) > out.len()
+        || key_mask.is_some_and(|m| m.len() < batch * keys)
+    {
+        return Err(Error::Internal(format!(
+            "attention: buffers too small for {sh:?}"
+        )));
+    }
+    let rep = q_heads / kv_heads;
+    // Row blocks keep a block's scores in L2 and give the threads enough tasks.
+    const BLOCK: usize = 64;
+    let blocks = rows.div_ceil(BLOCK);
+    let dst = SharedOut(out.as_mut_ptr());
+    (0..batch * q_heads * blocks)
+        .into_par_iter()
+        .for_each(|task| {
+            let (unit, blk) = (task / blocks, task % blocks);
+            let (bi, h) = (unit / q_heads, unit % q_heads);
+            let r0 = blk * BLOCK;
+            let nr = BLOCK.min(rows - r0);
+            // Keys any row of this block may see.
+            let span = match causal {
+                Some(past) => (past + r0 + nr).min(keys),
+                None => keys,
+            };
+            let q0 = bi * ql.batch + h * ql.head + r0 * ql.row;
+            let k0 = bi * kl.batch + (h / rep) * kl.head;
+            let v0 = bi * vl.batch + (h / rep) * vl.head;
+            let o0 = bi * ol.batch + h * ol.head + r0 * ol.row;
+            let mut s = vec![0f32; nr * span.max(1)];
+            // SAFETY: the extents checked above bound every element of q, k, v and out this block
+            // touches; s is local.
+            unsafe {
+                gemm_raw(
+                    (nr, span, d),
+                    s.as_mut_ptr(),
+                    span,
+                    false,
+                    q.as_ptr().add(q0),
+                    ql.row,
+                    k.as_ptr().add(k0),
+                    1,
+                    kl.row,
+                    false,
+                );
+            }
+            let mask = key_mask.map(|m| &m[bi * keys..bi * keys + span]);
+            for (i, row) in s.chunks_mut(span.max(1)).enumerate() {
+                let visible = match causal {
+                    Some(past) => (past + r0 + i + 1).min(span),
+                    None => span,
+                };
+                if let Some(m) = mask {
+                    for (x, &keep) in row[..visible].iter_mut().zip(m) {
+                        if keep == 0 {
+                            *x = f32::NEG_INFINITY;
+                        }
                     }
                 }
-            });
-        let mut y = vec![0f32; m * n];
-        for (bi, out) in blocks.chunks(ROWS * m).enumerate() {
-            let rows = out.len() / m;
-            for i in 0..m {
-                y[i * n + bi * ROWS..i * n + bi * ROWS + rows]
-                    .copy_from_slice(&out[i * rows..(i + 1) * rows]);
+                let any = row[..visible].iter().any(|&x| x != f32::NEG_INFINITY);
+                if any {
+                    simd::softmax(&mut row[..visible], scale);
+                } else {
+                    row[..visible].fill(0.0);
+                }
+                row[visible..].fill(0.0);
+            }
+            // SAFETY: as above; this task alone writes rows r0..r0+nr of head h in batch row bi.
+            unsafe {
+                gemm_raw(
+                    (nr, d, span),
+                    dst.get().add(o0),
+                    ol.row,
+                    false,
+                    s.as_ptr(),
+                    span,
+                    v.as_ptr().add(v0),
+                    vl.row,
+                    1,
+                    false,
+                );
+            }
+        });
+    Ok(())
+}
+
+/// Applies rotary embeddings (rotate-half form) to `x` `[b·l, heads·d]` at `positions` (one per
+/// row) from `cos`/`sin` tables `[positions, d/2]`; the output is `[b, l, heads, d]`, or
+/// `[b, heads, l, d]` (the cache layout) when `heads_first`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope(
+    x: &[f32],
+    positions: &[u32],
+    cos: &[f32],
+    sin: &[f32],
+    (b, l, heads, d): (usize, usize, usize, usize),
+    heads_first: bool,
+) -> Result<Vec<f32>> {
+    let half = d / 2;
+    if x.len() != b * l * heads * d
+        || positions.len() != b * l
+        || positions
+            .iter()
+            .any(|&p| (p as usize + 1) * half > cos.len().min(sin.len()))
+    {
+        return Err(Error::Internal("rope: operand sizes".into()));
+    }
+    let mut out = vec![0f32; x.len()];
+    let ol = if heads_first {
+        HeadLayout::heads_rows(l, heads, d)
+    } else {
+        HeadLayout::rows_heads(l, heads, d)
+    };
+    for (r, &p) in positions.iter().enumerate() {
+        let (bi, t) = (r / l, r % l);
+        let c = &cos[p as usize * half..(p as usize + 1) * half];
+        let sn = &sin[p as usize * half..(p as usize + 1) * half];
+        for h in 0..heads {
+            let src = &x[(r * heads + h) * d..(r * heads + h + 1) * d];
+            let o = bi * ol.batch + h * ol.head + t * ol.row;
+            let (lo, hi) = out[o..o + d].split_at_mut(half);
+            for j in 0..half {
+                let (x1, x2) = (src[j], src[j + half]);
+                lo[j] = x1 * c[j] - x2 * sn[j];
+                hi[j] = x2 * c[j] + x1 * sn[j];
             }
         }
-        Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
+    Ok(out)
 }
 
-/// Dot product with 16 independent accumulators (vectorises without reassociation flags).
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (pa, pb) in ca.zip(cb) {
-        // Fixed-size views let the compiler drop bounds checks and use vector FMAs.
-        let (Ok(pa), Ok(pb)) = (<&[f32; 16]>::try_from(pa), <&[f32; 16]>::try_from(pb)) else {
-            continue;
-        };
-        for j in 0..16 {
-            acc[j] += pa[j] * pb[j];
+/// `[b, l, heads, d]` → `[b, heads, l, d]`.
+pub fn heads_first(x: &[f32], (b, l, heads, d): (usize, usize, usize, usize)) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for bi in 0..b {
+        for t in 0..l {
+            for h in 0..heads {
+                let src = ((bi * l + t) * heads + h) * d;
+                let dst = ((bi * heads + h) * l + t) * d;
+                out[dst..dst + d].copy_from_slice(&x[src..src + d]);
+            }
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for (p, q) in ra.iter().zip(rb) {
-        s += p * q;
-    }
-    s
+    out
 }
 
-/// `x Wᵀ` through the skinny kernel when `x` has at most 8 rows on the CPU in f32; `None`
-/// otherwise (the caller uses a general matmul).
-pub fn skinny_matmul(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
-    if x.dims().len() != 2 || x.dims()[0] > 8 || !(fast_path(x) && fast_path(w)) {
+/// `silu(g) · u` element-wise on the CPU in f32 (Llama's gated MLP); `None` otherwise.
+pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Option<Tensor>> {
+    if !(fast_path(g) && fast_path(u)) || g.dims() != u.dims() {
         return Ok(None);
     }
-    Ok(Some(x.apply_op2_no_bwd(w, &SkinnyMatmul)?))
+    let mut out = vec![0f32; g.elem_count()];
+    let (gg, gl) = g.storage_and_layout();
+    let gs = f32_slice(&gg, gl)?;
+    let (ug, ul) = u.storage_and_layout();
+    let us = f32_slice(&ug, ul)?;
+    out.par_chunks_mut(CHUNK)
+        .zip(gs.par_chunks(CHUNK).zip(us.par_chunks(CHUNK)))
+        .for_each(|(o, (g, u))| simd::silu_mul(o, g, u));
+    Ok(Some(Tensor::from_vec(out, g.shape(), g.device())?))
 }
 
 fn fast_path(x: &Tensor) -> bool {
@@ -384,87 +589,188 @@ mod tests {
         assert_eq!(s, vec![0.0, 1.0, 0.0]);
     }
 
-    #[test]
-    fn skinny_matmul_matches_matmul() {
-        let x = Tensor::randn(0f32, 1.0, (3, 200), &Device::Cpu).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (131, 200), &Device::Cpu).unwrap();
-        let a = skinny_matmul(&x, &w).unwrap().unwrap();
-        let b = x.matmul(&w.t().unwrap()).unwrap();
-        let d = (a - b)
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
             .unwrap()
             .abs()
             .unwrap()
             .max_all()
             .unwrap()
             .to_scalar::<f32>()
-            .unwrap();
-        assert!(d < 1e-4, "{d}");
+            .unwrap()
     }
 
     #[test]
-    fn exp_is_accurate() {
-        let mut worst = 0f32;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let (a, b) = (exp_f32(x), x.exp());
-            worst = worst.max(((a - b) / b).abs());
-            x += 0.0137;
+    fn linear_matches_matmul_with_bias_and_residual() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (131, 200), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 131, &dev).unwrap();
+        // Skinny (decode) and gemm (prefill) paths, with and without bias and residual.
+        for m in [1usize, 3, 8, 9, 70] {
+            let x = Tensor::randn(0f32, 1.0, (m, 200), &dev).unwrap();
+            let res = Tensor::randn(0f32, 1.0, (m, 131), &dev).unwrap();
+            let base = x.matmul(&w.t().unwrap()).unwrap();
+            let got = linear(&x, &w, None, None).unwrap().unwrap();
+            assert!(max_diff(&got, &base) < 1e-4, "m {m}");
+            let got = linear(&x, &w, Some(&bias), Some(&res)).unwrap().unwrap();
+            let want = (base.broadcast_add(&bias).unwrap() + &res).unwrap();
+            assert!(max_diff(&got, &want) < 1e-4, "m {m} bias+residual");
         }
-        assert!(worst < 3e-7, "relative error {worst}");
-        assert_eq!(exp_f32(f32::MIN), 0.0);
-        assert_eq!(exp_f32(0.0), 1.0);
+    }
+
+    #[test]
+    fn silu_mul_matches_candle() {
+        let dev = Device::Cpu;
+        let g = Tensor::randn(0f32, 3.0, (5, 333), &dev).unwrap();
+        let u = Tensor::randn(0f32, 1.0, (5, 333), &dev).unwrap();
+        let got = silu_mul(&g, &u).unwrap().unwrap();
+        let want = (candle_nn::ops::silu(&g).unwrap() * &u).unwrap();
+        assert!(max_diff(&got, &want) < 1e-6);
+    }
+
+    #[test]
+    fn rope_matches_candle() {
+        let dev = Device::Cpu;
+        let (b, l, h, d) = (2usize, 5usize, 3usize, 8usize);
+        let x = Tensor::randn(0f32, 1.0, (b, l, h, d), &dev).unwrap();
+        let cos = Tensor::randn(0f32, 1.0, (20, d / 2), &dev).unwrap();
+        let sin = Tensor::randn(0f32, 1.0, (20, d / 2), &dev).unwrap();
+        let pos: Vec<u32> = vec![3, 4, 5, 6, 7, 0, 1, 2, 3, 4];
+        let idx = Tensor::new(pos.as_slice(), &dev).unwrap();
+        let c = cos
+            .index_select(&idx, 0)
+            .unwrap()
+            .reshape((b, l, d / 2))
+            .unwrap();
+        let s = sin
+            .index_select(&idx, 0)
+            .unwrap()
+            .reshape((b, l, d / 2))
+            .unwrap();
+        let xt = x.transpose(1, 2).unwrap().contiguous().unwrap();
+        let want = candle_nn::rotary_emb::rope(&xt, &c, &s).unwrap(); // [b, h, l, d]
+        let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let cs: Vec<f32> = cos.flatten_all().unwrap().to_vec1().unwrap();
+        let ss: Vec<f32> = sin.flatten_all().unwrap().to_vec1().unwrap();
+        let got = rope(&xs, &pos, &cs, &ss, (b, l, h, d), true).unwrap();
+        let got = Tensor::from_vec(got, (b, h, l, d), &dev).unwrap();
+        assert!(max_diff(&got, &want) < 1e-6);
+        let got = rope(&xs, &pos, &cs, &ss, (b, l, h, d), false).unwrap();
+        let got = Tensor::from_vec(got, (b, l, h, d), &dev).unwrap();
+        let want = want.transpose(1, 2).unwrap();
+        assert!(max_diff(&got, &want) < 1e-6);
+        let t = heads_first(&xs, (b, l, h, d));
+        let t = Tensor::from_vec(t, (b, h, l, d), &dev).unwrap();
+        assert!(max_diff(&t, &xt) == 0.0);
+        assert!(rope(&xs, &[99; 10], &cs, &ss, (b, l, h, d), true).is_err());
     }
 
     #[test]
     fn attention_kernel_matches_reference_math() {
         let dev = Device::Cpu;
-        let q = Tensor::randn(0f32, 1.0, (3, 10, 8), &dev).unwrap();
-        let k = Tensor::randn(0f32, 1.0, (3, 7, 8), &dev).unwrap();
-        let v = Tensor::randn(0f32, 1.0, (3, 7, 8), &dev).unwrap();
-        let scale = 0.35;
-        let naive = |mask: Option<&Tensor>| {
-            let s = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
-            let s = match mask {
-                Some(m) => s.broadcast_add(m).unwrap(),
-                None => s,
+        // q in the projection layout [b, rows, heads, d]; k, v in the cache layout
+        // [b, kv_heads, cap, d] with cap > keys; grouped-query (4 query heads over 2).
+        let (b, rows, qh, kvh, d, cap, keys) = (2usize, 70usize, 4usize, 2usize, 8usize, 90, 75);
+        let q = Tensor::randn(0f32, 1.0, (b, rows, qh, d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (b, kvh, cap, d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (b, kvh, cap, d), &dev).unwrap();
+        let scale = 0.35f32;
+        let past = keys - rows;
+        let mut key_mask = vec![1u8; b * keys];
+        key_mask[keys] = 0; // batch row 1: first key is padding
+        key_mask[keys + 1] = 0;
+        let naive = |causal: bool, mask: bool| -> Tensor {
+            let qt = q.transpose(1, 2).unwrap().contiguous().unwrap(); // [b, qh, rows, d]
+            let kk = k.narrow(2, 0, keys).unwrap().contiguous().unwrap();
+            let vv = v.narrow(2, 0, keys).unwrap().contiguous().unwrap();
+            let rep = qh / kvh;
+            let expand = |t: Tensor| {
+                t.unsqueeze(2)
+                    .unwrap()
+                    .broadcast_as((b, kvh, rep, keys, d))
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+                    .reshape((b, qh, keys, d))
+                    .unwrap()
             };
-            candle_nn::ops::softmax_last_dim(&s)
-                .unwrap()
-                .matmul(&v)
-                .unwrap()
-        };
-        let got = attention(&q, &k, &v, scale, None).unwrap().unwrap();
-        let d = (got - naive(None))
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(d < 1e-5, "{d}");
-        // Causal with 2 past keys and rows grouped as 2 heads x 5 positions.
-        let (past, l) = (2usize, 5usize);
-        let mut m = vec![0f32; 10 * 7];
-        for r in 0..10 {
-            for j in 0..7 {
-                if j > past + r % l {
-                    m[r * 7 + j] = f32::NEG_INFINITY;
+            let (kk, vv) = (expand(kk), expand(vv));
+            let s = (qt.matmul(&kk.t().unwrap()).unwrap() * scale as f64).unwrap();
+            let mut m = vec![0f32; b * rows * keys];
+            for bi in 0..b {
+                for r in 0..rows {
+                    for j in 0..keys {
+                        let hide =
+                            (causal && j > past + r) || (mask && key_mask[bi * keys + j] == 0);
+                        if hide {
+                            m[(bi * rows + r) * keys + j] = f32::NEG_INFINITY;
+                        }
+                    }
                 }
             }
+            let m = Tensor::from_vec(m, (b, 1, rows, keys), &dev).unwrap();
+            let p = candle_nn::ops::softmax_last_dim(&s.broadcast_add(&m).unwrap()).unwrap();
+            p.matmul(&vv)
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        let (qs, ks, vs) = (flat(&q), flat(&k), flat(&v));
+        for (causal, mask) in [(false, false), (true, false), (true, true)] {
+            let sh = AttentionShape {
+                batch: b,
+                q_heads: qh,
+                kv_heads: kvh,
+                rows,
+                keys,
+                d,
+                scale,
+                causal: causal.then_some(past),
+            };
+            let mut out = vec![0f32; b * rows * qh * d];
+            attention_raw(
+                &sh,
+                &qs,
+                HeadLayout::rows_heads(rows, qh, d),
+                &ks,
+                HeadLayout::heads_rows(cap, kvh, d),
+                &vs,
+                HeadLayout::heads_rows(cap, kvh, d),
+                mask.then_some(key_mask.as_slice()),
+                &mut out,
+            )
+            .unwrap();
+            let got = Tensor::from_vec(out, (b, rows, qh, d), &dev).unwrap();
+            let e = max_diff(&got, &naive(causal, mask));
+            assert!(e < 1e-5, "causal {causal} mask {mask}: {e}");
         }
-        let mask = Tensor::from_vec(m, (10, 7), &dev).unwrap();
-        let got = attention(&q, &k, &v, scale, Some((past, l)))
-            .unwrap()
-            .unwrap();
-        let d = (got - naive(Some(&mask)))
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(d < 1e-5, "{d}");
+        // Buffers too small for the shape are an error, not an out-of-bounds access.
+        let sh = AttentionShape {
+            batch: b,
+            q_heads: qh,
+            kv_heads: kvh,
+            rows,
+            keys: cap + 1,
+            d,
+            scale,
+            causal: None,
+        };
+        let mut out = vec![0f32; b * rows * qh * d];
+        let l = HeadLayout::heads_rows(cap + 1, kvh, d);
+        assert!(attention_raw(
+            &sh,
+            &qs,
+            HeadLayout::rows_heads(rows, qh, d),
+            &ks,
+            l,
+            &vs,
+            l,
+            None,
+            &mut out
+        )
+        .is_err());
     }
 }

@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::config::TextConfig;
+use crate::config::{Activation, TextConfig};
 use crate::error::{Error, Result};
 use crate::lora::LoraSet;
 use crate::model::linear::{Linear, RmsNorm};
@@ -271,26 +271,39 @@ impl TextModel {
             .reshape((b, l, ()))?;
         let mask = self.build_mask(b, l, past, key_mask, embeds.device())?;
 
+        // The CPU f32 path applies RoPE and masks on raw buffers: positions and key mask once.
+        let cpu = self.cpu_path(embeds, cache);
+        let host = if cpu {
+            Some(HostInputs {
+                positions: pos_flat.to_vec1::<u32>()?,
+                key_mask: match key_mask {
+                    Some(m) => Some(m.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>()?),
+                    None => None,
+                },
+            })
+        } else {
+            None
+        };
         let mut h = embeds.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             let x = layer.input_ln.forward(&h)?;
-            let x = self.attention(
-                layer,
-                &x,
-                &cos,
-                &sin,
-                mask.as_ref(),
-                cache,
-                i,
-                lora,
-                key_mask.is_some(),
-            )?;
-            let h1 = (h + x)?;
+            let o = match &host {
+                Some(host) => self.attention_cpu(layer, &x, host, cache, i, lora)?,
+                None => self.attention(layer, &x, &cos, &sin, mask.as_ref(), cache, i, lora)?,
+            };
+            let h1 = layer.attn.o.forward_residual(&o, &h, lora)?;
             let x = layer.post_ln.forward(&h1)?;
-            let g = activate(&layer.mlp.gate.forward(&x, lora)?, self.cfg.hidden_act)?;
+            let g = layer.mlp.gate.forward(&x, lora)?;
             let u = layer.mlp.up.forward(&x, lora)?;
-            let x = layer.mlp.down.forward(&(g * u)?, lora)?;
-            h = (h1 + x)?;
+            let fused = match self.cfg.hidden_act {
+                Activation::Silu => crate::model::ops::silu_mul(&g, &u)?,
+                _ => None,
+            };
+            let a = match fused {
+                Some(a) => a,
+                None => (activate(&g, self.cfg.hidden_act)? * u)?,
+            };
+            h = layer.mlp.down.forward_residual(&a, &h1, lora)?;
         }
         cache.len = total;
         let h = match logits {
@@ -359,7 +372,6 @@ impl TextModel {
         cache: &mut KvCache,
         li: usize,
         lora: &LoraSet,
-        padded: bool,
     ) -> Result<Tensor> {
         let c = &self.cfg;
         let (b, l, _) = x.dims3()?;
@@ -398,41 +410,104 @@ impl TextModel {
         // along the query axis ([b, kvh, rep·L, d]).
         let qg = q.reshape((b, kvh, rep * l, hd))?;
         let scale = (hd as f64).powf(-0.5);
-        // Unpadded prompts (the usual case) take the fused CPU kernel with a causal rule; padded
-        // batches and single-token steps use the masked tensor path.
-        let fused = if l > 1 && !padded {
-            crate::model::ops::attention(
-                &qg.reshape((b * kvh, rep * l, hd))?,
-                &k_all.contiguous()?.reshape((b * kvh, total, hd))?,
-                &v_all.contiguous()?.reshape((b * kvh, total, hd))?,
-                scale,
-                Some((past, l)),
-            )?
-        } else {
-            None
-        };
-        let o = match fused {
-            Some(o) => o.reshape((b, kvh, rep * l, hd))?,
-            None => {
-                let scores = qg.matmul(&k_all.t()?)?;
-                let probs = match mask {
-                    // The mask is added after scaling, as in the reference.
-                    Some(m) => {
-                        let s = (scores.to_dtype(DType::F32)? * scale)?
-                            .reshape((b, kvh, rep, l, total))?
-                            .broadcast_add(m)?
-                            .reshape((b, kvh, rep * l, total))?;
-                        softmax_scaled(&s, 1.0)?.to_dtype(x.dtype())?
-                    }
-                    None => softmax_scaled(&scores, scale)?,
-                };
-                probs.matmul(&v_all)? // [b, kvh, rep·L, d]
+        let scores = qg.matmul(&k_all.t()?)?;
+        let probs = match mask {
+            // The mask is added after scaling, as in the reference.
+            Some(m) => {
+                let s = (scores.to_dtype(DType::F32)? * scale)?
+                    .reshape((b, kvh, rep, l, total))?
+                    .broadcast_add(m)?
+                    .reshape((b, kvh, rep * l, total))?;
+                softmax_scaled(&s, 1.0)?.to_dtype(x.dtype())?
             }
+            None => softmax_scaled(&scores, scale)?,
         };
-        let o = o
-            .reshape((b, nh, l, hd))?
+        let o = probs.matmul(&v_all)?; // [b, kvh, rep·L, d]
+        Ok(o.reshape((b, nh, l, hd))?
             .transpose(1, 2)?
-            .reshape((b, l, nh * hd))?;
-        layer.attn.o.forward(&o, lora)
+            .reshape((b, l, nh * hd))?)
     }
+
+    /// Whether the raw CPU f32 kernels apply (inputs, cache and RoPE tables on the CPU in f32).
+    fn cpu_path(&self, embeds: &Tensor, cache: &KvCache) -> bool {
+        let ok = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous();
+        ok(embeds)
+            && ok(&self.rope.cos)
+            && ok(&self.rope.sin)
+            && cache.k.iter().chain(&cache.v).all(ok)
+    }
+
+    /// Self-attention of layer `li` on the CPU in f32, before the output projection: RoPE and
+    /// the cache layout written in one pass, attention read straight from the projections and
+    /// the cache. Returns `[b, L, heads·head_dim]`.
+    fn attention_cpu(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        host: &HostInputs,
+        cache: &mut KvCache,
+        li: usize,
+        lora: &LoraSet,
+    ) -> Result<Tensor> {
+        use crate::model::ops::{self, f32_slice, AttentionShape, HeadLayout};
+        let c = &self.cfg;
+        let (b, l, _) = x.dims3()?;
+        let (nh, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let q = layer.attn.q.forward(x, lora)?;
+        let k = layer.attn.k.forward(x, lora)?;
+        let v = layer.attn.v.forward(x, lora)?;
+        let dev = x.device();
+        let (qr, kr, vt) = {
+            let (cg, cl) = self.rope.cos.storage_and_layout();
+            let (sg, sl) = self.rope.sin.storage_and_layout();
+            let (cos, sin) = (f32_slice(&cg, cl)?, f32_slice(&sg, sl)?);
+            let (qg, ql) = q.storage_and_layout();
+            let (kg, kl) = k.storage_and_layout();
+            let (vg, vl) = v.storage_and_layout();
+            let pos = &host.positions;
+            (
+                ops::rope(f32_slice(&qg, ql)?, pos, cos, sin, (b, l, nh, hd), false)?,
+                ops::rope(f32_slice(&kg, kl)?, pos, cos, sin, (b, l, kvh, hd), true)?,
+                ops::heads_first(f32_slice(&vg, vl)?, (b, l, kvh, hd)),
+            )
+        };
+        let past = cache.len;
+        let total = past + l;
+        cache.k[li].slice_set(&Tensor::from_vec(kr, (b, kvh, l, hd), dev)?, 2, past)?;
+        cache.v[li].slice_set(&Tensor::from_vec(vt, (b, kvh, l, hd), dev)?, 2, past)?;
+        let (kg, kl) = cache.k[li].storage_and_layout();
+        let (vg, vl) = cache.v[li].storage_and_layout();
+        let cache_layout = HeadLayout::heads_rows(cache.capacity, kvh, hd);
+        let sh = AttentionShape {
+            batch: b,
+            q_heads: nh,
+            kv_heads: kvh,
+            rows: l,
+            keys: total,
+            d: hd,
+            scale: (hd as f64).powf(-0.5) as f32,
+            causal: Some(past),
+        };
+        let mut out = vec![0f32; b * l * nh * hd];
+        ops::attention_raw(
+            &sh,
+            &qr,
+            HeadLayout::rows_heads(l, nh, hd),
+            f32_slice(&kg, kl)?,
+            cache_layout,
+            f32_slice(&vg, vl)?,
+            cache_layout,
+            host.key_mask.as_deref(),
+            &mut out,
+        )?;
+        Ok(Tensor::from_vec(out, (b, l, nh * hd), dev)?)
+    }
+}
+
+/// What the CPU path reads on the host once per forward pass.
+struct HostInputs {
+    /// RoPE position of each `[b, L]` token.
+    positions: Vec<u32>,
+    /// `[b, past + L]` key mask (1 = attend), when some row is padded.
+    key_mask: Option<Vec<u8>>,
 }

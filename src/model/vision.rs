@@ -1,18 +1,19 @@
 //! SigLIP vision tower of Idefics3 (`model.vision_model`).
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::config::{Activation, VisionConfig};
 use crate::error::{Error, Result};
 use crate::lora::LoraSet;
 use crate::model::linear::{LayerNorm, Linear};
+use crate::model::ops;
 use crate::model::weights::Weights;
 
 /// Applies an activation function.
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     Ok(match act {
         Activation::Silu => candle_nn::ops::silu(x)?,
-        Activation::GeluTanh => super::ops::gelu_tanh(x)?,
+        Activation::GeluTanh => ops::gelu_tanh(x)?,
         Activation::Gelu => x.gelu_erf()?,
     })
 }
@@ -128,15 +129,13 @@ impl VisionModel {
     pub fn forward(&self, pixel_values: &Tensor, lora: &LoraSet) -> Result<Tensor> {
         let mut h = self.embed(pixel_values)?;
         for layer in &self.layers {
-            let r = h.clone();
             let x = layer.ln1.forward(&h)?;
-            let x = layer.attn.forward(&x, lora)?;
-            let h1 = (r + x)?;
+            let o = layer.attn.heads_output(&x, lora)?;
+            let h1 = layer.attn.out.forward_residual(&o, &h, lora)?;
             let x = layer.ln2.forward(&h1)?;
             let x = layer.mlp.fc1.forward(&x, lora)?;
             let x = activate(&x, layer.mlp.act)?;
-            let x = layer.mlp.fc2.forward(&x, lora)?;
-            h = (h1 + x)?;
+            h = layer.mlp.fc2.forward_residual(&x, &h1, lora)?;
         }
         self.post_ln.forward(&h)
     }
@@ -172,31 +171,61 @@ impl VisionModel {
 }
 
 impl Attention {
-    fn forward(&self, x: &Tensor, lora: &LoraSet) -> Result<Tensor> {
+    /// Attention of `x` `[n, l, hidden]` before the output projection: `[n, l, heads·head_dim]`.
+    fn heads_output(&self, x: &Tensor, lora: &LoraSet) -> Result<Tensor> {
         let (n, l, _) = x.dims3()?;
-        let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((n, l, self.heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = split(self.q.forward(x, lora)?)?;
-        let k = split(self.k.forward(x, lora)?)?;
-        let v = split(self.v.forward(x, lora)?)?;
-        let scale = (self.head_dim as f64).powf(-0.5);
         let (h, hd) = (self.heads, self.head_dim);
-        let o = match super::ops::attention(
-            &q.reshape((n * h, l, hd))?,
-            &k.reshape((n * h, l, hd))?,
-            &v.reshape((n * h, l, hd))?,
-            scale,
-            None,
-        )? {
-            Some(o) => o.reshape((n, h, l, hd))?,
-            None => super::ops::softmax_scaled(&q.matmul(&k.t()?)?, scale)?.matmul(&v)?,
+        let q = self.q.forward(x, lora)?;
+        let k = self.k.forward(x, lora)?;
+        let v = self.v.forward(x, lora)?;
+        let scale = (hd as f64).powf(-0.5);
+        if let Some(o) = cpu_attention(&q, &k, &v, (n, l, h, hd), scale)? {
+            return Ok(o);
+        }
+        let split = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((n, l, h, hd))?.transpose(1, 2)?.contiguous()?)
         };
-        let o = o
-            .transpose(1, 2)?
-            .reshape((n, l, self.heads * self.head_dim))?;
-        self.out.forward(&o, lora)
+        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+        let o = ops::softmax_scaled(&q.matmul(&k.t()?)?, scale)?.matmul(&v)?;
+        Ok(o.transpose(1, 2)?.reshape((n, l, h * hd))?)
     }
+}
+
+/// Full (non-causal) attention on the CPU in f32 straight from the projections' `[n, l, h·d]`
+/// layout; `None` when the fast path does not apply.
+fn cpu_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    (n, l, h, hd): (usize, usize, usize, usize),
+    scale: f64,
+) -> Result<Option<Tensor>> {
+    if ![q, k, v]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+    {
+        return Ok(None);
+    }
+    let (qg, ql) = q.storage_and_layout();
+    let (kg, kl) = k.storage_and_layout();
+    let (vg, vl) = v.storage_and_layout();
+    let (qs, ks, vs) = (
+        ops::f32_slice(&qg, ql)?,
+        ops::f32_slice(&kg, kl)?,
+        ops::f32_slice(&vg, vl)?,
+    );
+    let layout = ops::HeadLayout::rows_heads(l, h, hd);
+    let mut out = vec![0f32; n * l * h * hd];
+    let sh = ops::AttentionShape {
+        batch: n,
+        q_heads: h,
+        kv_heads: h,
+        rows: l,
+        keys: l,
+        d: hd,
+        scale: scale as f32,
+        causal: None,
+    };
+    ops::attention_raw(&sh, qs, layout, ks, layout, vs, layout, None, &mut out)?;
+    Ok(Some(Tensor::from_vec(out, (n, l, h * hd), q.device())?))
 }

@@ -1,0 +1,293 @@
+//! Element-wise f32 kernels written so the compiler vectorises them, built three times (AVX-512,
+//! AVX2 + FMA, portable) and picked at run time: the library ships for the x86-64 baseline, whose
+//! SSE2 has no vector `floor` or FMA, so without this the loops fall back to libm calls.
+
+/// `1.5 · 2^52`: adding it rounds an f64 of magnitude below 2^51 to an integer held in the low
+/// mantissa bits (no `floor`/`round` call, which baseline x86-64 cannot vectorise).
+const ROUND64: f64 = 6_755_399_441_055_744.0;
+/// `1.5 · 2^23`, the same trick for f32.
+const ROUND32: f32 = 12_582_912.0;
+
+/// `a·b + c`, fused when the build variant has FMA (exact products keep exp accurate).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f64, b: f64, c: f64) -> f64 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// `e^x` rounded to f32 from an f64 evaluation: within 1e-15 relative before the final
+/// rounding, so it agrees with libm's `expf` (correctly rounded in all but rare ties) while the
+/// loop around it vectorises. Inputs below -150 give 0, above 88.8 infinity, NaN stays NaN.
+#[inline(always)]
+fn exp_accurate<const FMA: bool>(x: f32) -> f32 {
+    const LOG2E: f64 = std::f64::consts::LOG2_E;
+    // fdlibm's split of ln 2: the high part has trailing zero bits, so n·LN2_HI is exact.
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
+    let x = (x as f64).clamp(-150.0, 88.8);
+    let t = madd::<FMA>(x, LOG2E, ROUND64);
+    let n = t - ROUND64;
+    let r = madd::<FMA>(-n, LN2_LO, madd::<FMA>(-n, LN2_HI, x));
+    // Taylor series to degree 11 on |r| ≤ ln2/2: truncation error below 2e-16.
+    let mut p = 1.0 / 39_916_800.0;
+    for c in [
+        1.0 / 3_628_800.0,
+        1.0 / 362_880.0,
+        1.0 / 40_320.0,
+        1.0 / 5_040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = madd::<FMA>(p, r, c);
+    }
+    // 2^n from the integer in t's low bits; n lies in [-217, 129], inside f64's normal range.
+    let bits = t.to_bits().wrapping_sub(ROUND64.to_bits());
+    let scale = f64::from_bits(bits.wrapping_add(1023) << 52);
+    (p * scale) as f32
+}
+
+/// Cephes-style `e^x` in f32 (within 3e-7 relative): enough for GELU, not for softmax, whose
+/// error would show in the logits.
+#[inline(always)]
+fn exp_fast(x: f32) -> f32 {
+    let under = x < -87.3;
+    let x = x.clamp(-87.3, 88.7);
+    let t = x * std::f32::consts::LOG2_E + ROUND32;
+    let n = t - ROUND32;
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 0.166_666_65)
+        * r
+        + 0.5;
+    let y = p * r * r + r + 1.0;
+    let k = t.to_bits().wrapping_sub(ROUND32.to_bits());
+    let scale = f32::from_bits(k.wrapping_add(127) << 23);
+    if under {
+        0.0
+    } else {
+        y * scale
+    }
+}
+
+#[inline(always)]
+fn gelu_tanh_body(out: &mut [f32], x: &[f32]) {
+    const C: f32 = 0.797_884_6; // sqrt(2/pi)
+    for (o, &v) in out.iter_mut().zip(x) {
+        // 0.5·x·(1 + tanh(y)) == x / (1 + e^(-2y)), y = √(2/π)(x + 0.044715x³)
+        let y = C * (v + 0.044_715 * v * v * v);
+        *o = v / (1.0 + exp_fast(-2.0 * y));
+    }
+}
+
+#[inline(always)]
+fn silu_mul_body<const FMA: bool>(out: &mut [f32], g: &[f32], u: &[f32]) {
+    for ((o, &v), &w) in out.iter_mut().zip(g).zip(u) {
+        *o = v / (1.0 + exp_accurate::<FMA>(-v)) * w;
+    }
+}
+
+/// Maximum with 16 independent lanes (a plain fold does not vectorise).
+#[inline(always)]
+fn max_body(row: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let chunks = row.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for j in 0..16 {
+            acc[j] = if c[j] > acc[j] { c[j] } else { acc[j] };
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for &v in acc.iter().chain(rest) {
+        m = if v > m { v } else { m };
+    }
+    m
+}
+
+#[inline(always)]
+fn softmax_body<const FMA: bool>(row: &mut [f32], scale: f32) {
+    let m = max_body(row) * scale;
+    let mut acc = [0f32; 16];
+    let mut chunks = row.chunks_exact_mut(16);
+    for c in &mut chunks {
+        for j in 0..16 {
+            let e = exp_accurate::<FMA>(c[j] * scale - m);
+            c[j] = e;
+            acc[j] += e;
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = exp_accurate::<FMA>(*v * scale - m);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Dot product with 16 independent accumulators.
+#[inline(always)]
+fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (pa, pb) in ca.zip(cb) {
+        for j in 0..16 {
+            acc[j] += pa[j] * pb[j];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (p, q) in ra.iter().zip(rb) {
+        s += p * q;
+    }
+    s
+}
+
+/// Defines `pub fn $name` that runs `$body` compiled for the best instruction set present.
+macro_rules! dispatch {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $body:ident $(::<$fma:ident>)?) => {
+        $(#[$doc])*
+        pub fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                fn v4($($arg: $ty),*) -> $ret {
+                    $body $(::<{ dispatch!(@t $fma) }>)? ($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn v3($($arg: $ty),*) -> $ret {
+                    $body $(::<{ dispatch!(@t $fma) }>)? ($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports every feature v4 was compiled for.
+                    return unsafe { v4($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as above, for v3.
+                    return unsafe { v3($($arg),*) };
+                }
+            }
+            $body $(::<{ dispatch!(@f $fma) }>)? ($($arg),*)
+        }
+    };
+    (@t $x:ident) => { true };
+    (@f $x:ident) => { false };
+}
+
+dispatch! {
+    /// `out = gelu_tanh(x)` element-wise.
+    fn gelu_tanh(out: &mut [f32], x: &[f32]) -> () = gelu_tanh_body
+}
+
+dispatch! {
+    /// `out = silu(g) · u` element-wise (Llama's gated MLP).
+    fn silu_mul(out: &mut [f32], g: &[f32], u: &[f32]) -> () = silu_mul_body::<FMA>
+}
+
+dispatch! {
+    /// `row ← softmax(scale · row)` with an exp as accurate as libm's.
+    fn softmax(row: &mut [f32], scale: f32) -> () = softmax_body::<FMA>
+}
+
+dispatch! {
+    /// `Σ a_i b_i`.
+    fn dot(a: &[f32], b: &[f32]) -> f32 = dot_body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accurate_exp_agrees_with_libm() {
+        let mut worst = 0f64;
+        let mut x = -104.0f32;
+        while x < 88.7 {
+            for (a, fma) in [
+                (exp_accurate::<true>(x), true),
+                (exp_accurate::<false>(x), false),
+            ] {
+                let b = x.exp();
+                if b < f32::MIN_POSITIVE {
+                    // Subnormal results: within one step of the subnormal grid.
+                    assert!((a - b).abs() <= 1.5e-45, "x {x} fma {fma}: {a} vs {b}");
+                    continue;
+                }
+                let e = ((a as f64 - b as f64) / b as f64).abs();
+                assert!(e < 1.2e-7, "x {x} fma {fma}: {a} vs {b}");
+                worst = worst.max(e);
+            }
+            x += 0.000_731;
+        }
+        assert!(worst < 1.2e-7);
+        assert_eq!(exp_accurate::<true>(f32::MIN), 0.0);
+        assert_eq!(exp_accurate::<true>(0.0), 1.0);
+        assert!(exp_accurate::<true>(f32::NAN).is_nan());
+        assert!(exp_accurate::<true>(100.0).is_infinite());
+    }
+
+    #[test]
+    fn fast_exp_is_close() {
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (a, b) = (exp_fast(x), x.exp());
+            assert!(((a - b) / b).abs() < 3e-7, "{x}");
+            x += 0.0137;
+        }
+        assert_eq!(exp_fast(f32::MIN), 0.0);
+    }
+
+    #[test]
+    fn dispatched_kernels_match_scalar_math() {
+        let x: Vec<f32> = (0..1000)
+            .map(|i| ((i * 37 % 201) as f32 - 100.0) / 13.0)
+            .collect();
+        let mut g = vec![0f32; x.len()];
+        gelu_tanh(&mut g, &x);
+        let mut s = vec![0f32; x.len()];
+        let ones = vec![1f32; x.len()];
+        silu_mul(&mut s, &x, &ones);
+        for ((&v, &gv), &sv) in x.iter().zip(&g).zip(&s) {
+            let want = 0.5
+                * v as f64
+                * (1.0
+                    + ((2.0 / std::f64::consts::PI).sqrt()
+                        * (v as f64 + 0.044715 * (v as f64).powi(3)))
+                    .tanh());
+            assert!(
+                (gv as f64 - want).abs() < 2e-6 * want.abs().max(1.0),
+                "gelu {v}"
+            );
+            let want = v as f64 / (1.0 + (-v as f64).exp());
+            assert!(
+                (sv as f64 - want).abs() < 1e-6 * want.abs().max(1.0),
+                "silu {v}"
+            );
+        }
+        let mut row = x[..999].to_vec();
+        softmax(&mut row, 0.7);
+        let m = x[..999]
+            .iter()
+            .fold(f64::MIN, |m, &v| m.max(v as f64 * 0.7));
+        let z: f64 = x[..999].iter().map(|&v| (v as f64 * 0.7 - m).exp()).sum();
+        for (&p, &v) in row.iter().zip(&x) {
+            let want = (v as f64 * 0.7 - m).exp() / z;
+            assert!((p as f64 - want).abs() < 1e-7 + 1e-6 * want, "softmax {v}");
+        }
+        let d = dot(&x, &g);
+        let want: f64 = x.iter().zip(&g).map(|(&a, &b)| a as f64 * b as f64).sum();
+        assert!((d as f64 - want).abs() < 1e-3, "{d} {want}");
+    }
+}
