@@ -488,8 +488,7 @@ impl TextModel {
             scale: (hd as f64).powf(-0.5) as f32,
             causal: Some(past),
         };
-        let mut out = vec![0f32; b * l * nh * hd];
-        ops::attention_raw(
+        let out = ops::attention_raw(
             &sh,
             &qr,
             HeadLayout::rows_heads(l, nh, hd),
@@ -498,7 +497,6 @@ impl TextModel {
             f32_slice(&vg, vl)?,
             cache_layout,
             host.key_mask.as_deref(),
-            &mut out,
         )?;
         Ok(Tensor::from_vec(out, (b, l, nh * hd), dev)?)
     }
