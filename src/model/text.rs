@@ -259,22 +259,10 @@ impl TextModel {
                 "position exceeds max_position_embeddings {max_pos}"
             )));
         }
-        let cos = self
-            .rope
-            .cos
-            .index_select(&pos_flat, 0)?
-            .reshape((b, l, ()))?;
-        let sin = self
-            .rope
-            .sin
-            .index_select(&pos_flat, 0)?
-            .reshape((b, l, ()))?;
-        let mask = self.build_mask(b, l, past, key_mask, embeds.device())?;
-
-        // The CPU f32 path applies RoPE and masks on raw buffers: positions and key mask once.
-        let cpu = self.cpu_path(embeds, cache);
-        let host = if cpu {
-            Some(HostInputs {
+        // The CPU f32 path applies RoPE and masks on raw buffers (positions and key mask read
+        // once); other devices and dtypes gather RoPE tables and build an additive mask.
+        let inputs = if self.cpu_path(embeds, cache) {
+            AttnInputs::Host(HostInputs {
                 positions: pos_flat.to_vec1::<u32>()?,
                 key_mask: match key_mask {
                     Some(m) => Some(m.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>()?),
@@ -282,14 +270,23 @@ impl TextModel {
                 },
             })
         } else {
-            None
+            let gather = |t: &Tensor| -> Result<Tensor> {
+                Ok(t.index_select(&pos_flat, 0)?.reshape((b, l, ()))?)
+            };
+            AttnInputs::Tensors {
+                cos: gather(&self.rope.cos)?,
+                sin: gather(&self.rope.sin)?,
+                mask: self.build_mask(b, l, past, key_mask, embeds.device())?,
+            }
         };
         let mut h = embeds.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             let x = layer.input_ln.forward(&h)?;
-            let o = match &host {
-                Some(host) => self.attention_cpu(layer, &x, host, cache, i, lora)?,
-                None => self.attention(layer, &x, &cos, &sin, mask.as_ref(), cache, i, lora)?,
+            let o = match &inputs {
+                AttnInputs::Host(host) => self.attention_cpu(layer, &x, host, cache, i, lora)?,
+                AttnInputs::Tensors { cos, sin, mask } => {
+                    self.attention(layer, &x, cos, sin, mask.as_ref(), cache, i, lora)?
+                }
             };
             let h1 = layer.attn.o.forward_residual(&o, &h, lora)?;
             let x = layer.post_ln.forward(&h1)?;
@@ -500,6 +497,18 @@ impl TextModel {
         )?;
         Ok(Tensor::from_vec(out, (b, l, nh * hd), dev)?)
     }
+}
+
+/// Per-forward inputs of the attention layers, by path.
+enum AttnInputs {
+    /// The raw CPU f32 kernels.
+    Host(HostInputs),
+    /// Candle ops: RoPE tables gathered at the positions, optional additive mask.
+    Tensors {
+        cos: Tensor,
+        sin: Tensor,
+        mask: Option<Tensor>,
+    },
 }
 
 /// What the CPU path reads on the host once per forward pass.
