@@ -122,6 +122,7 @@ fn check_processor_and_logits(model_name: &str) {
                 .to_vec1()
                 .unwrap();
             let a_err = max_abs_diff(&all, &t["logits_all"].1);
+            eprintln!("{model_name}/{name}: logits_all {a_err:.2e}");
             assert!(
                 a_err <= 1e-4,
                 "{model_name}/{name}: logits_all max err {a_err}"
