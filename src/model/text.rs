@@ -280,10 +280,22 @@ impl TextModel {
             }
         };
         let mut h = embeds.clone();
+        // With only the last position's logits wanted, the last layer needs every position's
+        // keys and values (for the cache) but queries, attention and MLP for the last row only.
+        let mut trimmed = false;
         for (i, layer) in self.layers.iter().enumerate() {
             let x = layer.input_ln.forward(&h)?;
             let o = match &inputs {
-                AttnInputs::Host(host) => self.attention_cpu(layer, &x, host, cache, i, lora)?,
+                AttnInputs::Host(host) => {
+                    let last_only =
+                        matches!(logits, Logits::Last) && l > 1 && i + 1 == self.layers.len();
+                    let o = self.attention_cpu(layer, &x, host, cache, i, last_only, lora)?;
+                    if last_only {
+                        h = h.narrow(1, l - 1, 1)?.contiguous()?;
+                        trimmed = true;
+                    }
+                    o
+                }
                 AttnInputs::Tensors { cos, sin, mask } => {
                     self.attention(layer, &x, cos, sin, mask.as_ref(), cache, i, lora)?
                 }
@@ -304,8 +316,8 @@ impl TextModel {
         }
         cache.len = total;
         let h = match logits {
-            Logits::Last => h.narrow(1, l - 1, 1)?.contiguous()?,
-            Logits::All => h,
+            Logits::Last if !trimmed => h.narrow(1, l - 1, 1)?.contiguous()?,
+            _ => h,
         };
         let h = self.norm.forward(&h)?;
         let out = self.lm_head.forward(&h, lora)?;
@@ -436,7 +448,9 @@ impl TextModel {
 
     /// Self-attention of layer `li` on the CPU in f32, before the output projection: RoPE and
     /// the cache layout written in one pass, attention read straight from the projections and
-    /// the cache. Returns `[b, L, heads·head_dim]`.
+    /// the cache. Returns `[b, L, heads·head_dim]`, or `[b, 1, …]` for the last row alone with
+    /// `last_only` (every row's keys and values still go to the cache).
+    #[allow(clippy::too_many_arguments)]
     fn attention_cpu(
         &self,
         layer: &Layer,
@@ -444,13 +458,26 @@ impl TextModel {
         host: &HostInputs,
         cache: &mut KvCache,
         li: usize,
+        last_only: bool,
         lora: &LoraSet,
     ) -> Result<Tensor> {
         use crate::model::ops::{self, f32_slice, AttentionShape, HeadLayout};
         let c = &self.cfg;
         let (b, l, _) = x.dims3()?;
         let (nh, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let q = layer.attn.q.forward(x, lora)?;
+        // Query rows: all, or only the last of each batch row.
+        let (lq, q_pos) = if last_only {
+            let pos: Vec<u32> = (0..b).map(|bi| host.positions[bi * l + l - 1]).collect();
+            (1, pos)
+        } else {
+            (l, host.positions.clone())
+        };
+        let q = if last_only {
+            let xq = x.narrow(1, l - 1, 1)?.contiguous()?;
+            layer.attn.q.forward(&xq, lora)?
+        } else {
+            layer.attn.q.forward(x, lora)?
+        };
         let k = layer.attn.k.forward(x, lora)?;
         let v = layer.attn.v.forward(x, lora)?;
         let dev = x.device();
@@ -463,7 +490,14 @@ impl TextModel {
             let (vg, vl) = v.storage_and_layout();
             let pos = &host.positions;
             (
-                ops::rope(f32_slice(&qg, ql)?, pos, cos, sin, (b, l, nh, hd), false)?,
+                ops::rope(
+                    f32_slice(&qg, ql)?,
+                    &q_pos,
+                    cos,
+                    sin,
+                    (b, lq, nh, hd),
+                    false,
+                )?,
                 ops::rope(f32_slice(&kg, kl)?, pos, cos, sin, (b, l, kvh, hd), true)?,
                 ops::heads_first(f32_slice(&vg, vl)?, (b, l, kvh, hd)),
             )
@@ -479,23 +513,24 @@ impl TextModel {
             batch: b,
             q_heads: nh,
             kv_heads: kvh,
-            rows: l,
+            rows: lq,
             keys: total,
             d: hd,
             scale: (hd as f64).powf(-0.5) as f32,
-            causal: Some(past),
+            // The query rows are the last lq of the l new ones.
+            causal: Some(past + l - lq),
         };
         let out = ops::attention_raw(
             &sh,
             &qr,
-            HeadLayout::rows_heads(l, nh, hd),
+            HeadLayout::rows_heads(lq, nh, hd),
             f32_slice(&kg, kl)?,
             cache_layout,
             f32_slice(&vg, vl)?,
             cache_layout,
             host.key_mask.as_deref(),
         )?;
-        Ok(Tensor::from_vec(out, (b, l, nh * hd), dev)?)
+        Ok(Tensor::from_vec(out, (b, lq, nh * hd), dev)?)
     }
 }
 
