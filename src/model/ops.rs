@@ -191,7 +191,11 @@ pub fn linear(
         // Threads take row ranges and run single-threaded gemms: two independent gemms on 2
         // cores did 1.2-1.7x the work of one gemm split by the gemm crate itself on these shapes
         // (each packs W once; its own split meets at every block).
-        let chunks = rayon::current_num_threads().clamp(1, m.div_ceil(MIN_GEMM_ROWS));
+        let chunks = if SINGLE_THREADED.with(|c| c.get()) {
+            1
+        } else {
+            rayon::current_num_threads().clamp(1, m.div_ceil(MIN_GEMM_ROWS))
+        };
         let per = m.div_ceil(chunks);
         let dst = SharedOut(out.as_mut_ptr());
         (0..chunks).into_par_iter().for_each(|c| {
@@ -224,6 +228,25 @@ pub fn linear(
         }
     }
     Ok(Some(Tensor::from_vec(out, (m, n), x.device())?))
+}
+
+thread_local! {
+    /// Set while this thread runs work whose products should not split across threads.
+    static SINGLE_THREADED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with [`linear`]'s products on this thread kept single-threaded (for callers that
+/// already give every thread its own work).
+pub fn single_threaded_products<R>(f: impl FnOnce() -> R) -> R {
+    /// Restores the previous setting even if `f` unwinds.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SINGLE_THREADED.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(SINGLE_THREADED.with(|c| c.replace(true)));
+    f()
 }
 
 /// Row counts up to which [`linear`] streams the weights once (decode) instead of a gemm.

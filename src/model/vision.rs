@@ -134,10 +134,22 @@ impl VisionModel {
         // tiles mostly run their kernels' tasks themselves instead of meeting at every matmul.
         if n > 1 && pixel_values.device().is_cpu() {
             use rayon::prelude::*;
-            let outs = (0..n)
+            // Whole rounds of one tile per thread run their products single-threaded (each
+            // weight packed once per product, no meeting between threads); the tiles left over
+            // share the threads inside each product.
+            let threads = rayon::current_num_threads().max(1);
+            let whole = n - n % threads;
+            let tile = |i: usize| self.forward_batch(&pixel_values.narrow(0, i, 1)?, lora);
+            let mut outs = (0..whole)
                 .into_par_iter()
-                .map(|i| self.forward_batch(&pixel_values.narrow(0, i, 1)?, lora))
+                .map(|i| crate::model::ops::single_threaded_products(|| tile(i)))
                 .collect::<Result<Vec<_>>>()?;
+            outs.extend(
+                (whole..n)
+                    .into_par_iter()
+                    .map(tile)
+                    .collect::<Result<Vec<_>>>()?,
+            );
             return Ok(Tensor::cat(&outs, 0)?);
         }
         self.forward_batch(pixel_values, lora)
