@@ -75,8 +75,8 @@ pub(crate) fn f32_slice<'a>(st: &'a Storage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
-/// `dst[i·dst_rs + j] (+)= Σ_p a[i·a_rs + p] · b[p·b_rs + j·b_cs]` for an `m×n` block;
-/// single-threaded unless `par` (callers already parallel over heads pass false).
+/// `dst[i·dst_rs + j] (+)= Σ_p a[i·a_rs + p] · b[p·b_rs + j·b_cs]` for an `m×n` block, on the
+/// calling thread (callers split the work across threads themselves).
 ///
 /// # Safety
 /// Every element addressed through `dst`, `a` and `b` with these sizes and strides must lie in
@@ -92,16 +92,10 @@ unsafe fn gemm_raw(
     b: *const f32,
     b_rs: usize,
     b_cs: usize,
-    par: bool,
 ) {
     if m == 0 || n == 0 {
         return;
     }
-    let parallelism = if par {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
     // SAFETY: the caller guarantees the bounds and aliasing rules above.
     unsafe {
         gemm::gemm(
@@ -123,7 +117,7 @@ unsafe fn gemm_raw(
             false,
             false,
             false,
-            parallelism,
+            gemm::Parallelism::None,
         )
     }
 }
@@ -217,7 +211,6 @@ pub fn linear(
                     ws.as_ptr(),
                     1,
                     k,
-                    false,
                 )
             }
         });
@@ -237,7 +230,7 @@ thread_local! {
 
 /// Runs `f` with [`linear`]'s products on this thread kept single-threaded (for callers that
 /// already give every thread its own work).
-pub fn single_threaded_products<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn single_threaded_products<R>(f: impl FnOnce() -> R) -> R {
     /// Restores the previous setting even if `f` unwinds.
     struct Restore(bool);
     impl Drop for Restore {
@@ -493,7 +486,6 @@ pub fn attention_raw(
                     kp,
                     k_rs,
                     k_cs,
-                    false,
                 );
                 s.set_len(nr * span);
             }
@@ -530,7 +522,6 @@ pub fn attention_raw(
                     v.as_ptr().add(v0),
                     vl.row,
                     1,
-                    false,
                 );
             }
         });

@@ -282,17 +282,16 @@ impl TextModel {
         let mut h = embeds.clone();
         // With only the last position's logits wanted, the last layer needs every position's
         // keys and values (for the cache) but queries, attention and MLP for the last row only.
-        let mut trimmed = false;
+        let trim_last =
+            matches!(logits, Logits::Last) && l > 1 && matches!(inputs, AttnInputs::Host(_));
         for (i, layer) in self.layers.iter().enumerate() {
             let x = layer.input_ln.forward(&h)?;
             let o = match &inputs {
                 AttnInputs::Host(host) => {
-                    let last_only =
-                        matches!(logits, Logits::Last) && l > 1 && i + 1 == self.layers.len();
+                    let last_only = trim_last && i + 1 == self.layers.len();
                     let o = self.attention_cpu(layer, &x, host, cache, i, last_only, lora)?;
                     if last_only {
                         h = h.narrow(1, l - 1, 1)?.contiguous()?;
-                        trimmed = true;
                     }
                     o
                 }
@@ -316,7 +315,7 @@ impl TextModel {
         }
         cache.len = total;
         let h = match logits {
-            Logits::Last if !trimmed => h.narrow(1, l - 1, 1)?.contiguous()?,
+            Logits::Last if !trim_last => h.narrow(1, l - 1, 1)?.contiguous()?,
             _ => h,
         };
         let h = self.norm.forward(&h)?;
@@ -462,21 +461,18 @@ impl TextModel {
         lora: &LoraSet,
     ) -> Result<Tensor> {
         use crate::model::ops::{self, f32_slice, AttentionShape, HeadLayout};
+        use std::borrow::Cow;
         let c = &self.cfg;
         let (b, l, _) = x.dims3()?;
         let (nh, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         // Query rows: all, or only the last of each batch row.
-        let (lq, q_pos) = if last_only {
+        let (lq, q_pos, q) = if last_only {
             let pos: Vec<u32> = (0..b).map(|bi| host.positions[bi * l + l - 1]).collect();
-            (1, pos)
-        } else {
-            (l, host.positions.clone())
-        };
-        let q = if last_only {
             let xq = x.narrow(1, l - 1, 1)?.contiguous()?;
-            layer.attn.q.forward(&xq, lora)?
+            (1, Cow::Owned(pos), layer.attn.q.forward(&xq, lora)?)
         } else {
-            layer.attn.q.forward(x, lora)?
+            let pos = Cow::Borrowed(host.positions.as_slice());
+            (l, pos, layer.attn.q.forward(x, lora)?)
         };
         let k = layer.attn.k.forward(x, lora)?;
         let v = layer.attn.v.forward(x, lora)?;
