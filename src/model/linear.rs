@@ -26,7 +26,7 @@ impl Linear {
         out_dim: usize,
         bias: bool,
     ) -> Result<Self> {
-        let weight = w.get(&format!("{name}.weight"), &[out_dim, in_dim])?;
+        let weight = w.get_linear_weight(&format!("{name}.weight"), out_dim, in_dim)?;
         let bias = if bias {
             Some(w.get(&format!("{name}.bias"), &[out_dim])?)
         } else {

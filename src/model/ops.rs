@@ -131,7 +131,7 @@ pub fn linear(
     residual: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
     let operands_ok = fast_path(x)
-        && fast_path(w)
+        && weight_layout(w).is_some()
         && bias.is_none_or(fast_path)
         && residual.is_none_or(fast_path);
     if !operands_ok {
@@ -174,13 +174,26 @@ pub fn linear(
     let accumulate = residual.is_some() || bias.is_some();
     let (xg, xl) = x.storage_and_layout();
     let xs = f32_slice(&xg, xl)?;
+    let transposed = weight_layout(w) == Some(WeightLayout::Transposed);
     let (wg, wl) = w.storage_and_layout();
-    let ws = f32_slice(&wg, wl)?;
+    let ws = match (&*wg, transposed) {
+        (Storage::Cpu(CpuStorage::F32(v)), true) => v
+            .get(wl.start_offset()..wl.start_offset() + n * k)
+            .ok_or_else(|| Error::Internal("linear: transposed weight storage".into()))?,
+        _ => f32_slice(&wg, wl)?,
+    };
     if ws.len() != n * k || xs.len() != m * k {
         return Err(Error::Internal("linear: operand sizes".into()));
     }
+    // Element (p, j) of Wᵀ: `ws[j·k + p]` for a [n, k] weight, `ws[p·n + j]` for one stored
+    // transposed ([k, n]), which the gemm packs with contiguous copies instead of gathers.
+    let (b_rs, b_cs) = if transposed { (n, 1) } else { (1, k) };
     if m <= SKINNY_ROWS {
-        skinny(xs, ws, m, n, k, &mut out)?;
+        if transposed {
+            skinny_t(xs, ws, m, n, k, &mut out)?;
+        } else {
+            skinny(xs, ws, m, n, k, &mut out)?;
+        }
     } else {
         // Threads take row ranges and run single-threaded gemms: two independent gemms on 2
         // cores did 1.2-1.7x the work of one gemm split by the gemm crate itself on these shapes
@@ -198,8 +211,8 @@ pub fn linear(
             if r0 >= r1 {
                 return;
             }
-            // SAFETY: xs is [m, k], ws is [n, k] (read as Wᵀ: row stride 1, column stride k),
-            // out has capacity for [m, n]; each task writes only rows r0..r1.
+            // SAFETY: xs is [m, k], ws holds n·k elements addressed as Wᵀ through (b_rs, b_cs)
+            // above, out has capacity for [m, n]; each task writes only rows r0..r1.
             unsafe {
                 gemm_raw(
                     (r1 - r0, n, k),
@@ -209,8 +222,8 @@ pub fn linear(
                     xs.as_ptr().add(r0 * k),
                     k,
                     ws.as_ptr(),
-                    1,
-                    k,
+                    b_rs,
+                    b_cs,
                 )
             }
         });
@@ -290,6 +303,118 @@ fn skinny(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, out: &mut [f32]) -
         }
     }
     Ok(())
+}
+
+/// `out[i, :] += x[i, :] Wᵀ` for a few rows with the weight stored transposed (`wt` `[k, n]`):
+/// tasks take contiguous row ranges of `wt` (one sequential stream each) into their own partial
+/// sums, which are then added up.
+fn skinny_t(x: &[f32], wt: &[f32], m: usize, n: usize, k: usize, out: &mut [f32]) -> Result<()> {
+    if x.len() != m * k || wt.len() != n * k || out.len() != m * n {
+        return Err(Error::Internal("skinny_t: operand sizes".into()));
+    }
+    if k == 0 || n == 0 {
+        return Ok(());
+    }
+    // A few tasks per thread balance the load; rows per task stay a multiple of 4 (the kernel's
+    // unroll).
+    let tasks = (rayon::current_num_threads() * 4).clamp(1, k.div_ceil(16));
+    let per = k.div_ceil(tasks).next_multiple_of(4);
+    let tasks = k.div_ceil(per);
+    // With several rows of x, four rows of wt at a time stay in L1 while every x row uses them.
+    let group = if m == 1 { per } else { 4 };
+    let mut part = vec![0f32; tasks * m * n];
+    part.par_chunks_mut(m * n).enumerate().for_each(|(t, p)| {
+        let (r0, r1) = (t * per, ((t + 1) * per).min(k));
+        let mut g = r0;
+        while g < r1 {
+            let g1 = (g + group).min(r1);
+            let wb = &wt[g * n..g1 * n];
+            for (i, acc) in p.chunks_mut(n).enumerate() {
+                simd::axpy_rows(acc, &x[i * k + g..i * k + g1], wb);
+            }
+            g = g1;
+        }
+    });
+    let add = |(o, j): (&mut [f32], usize)| {
+        for p in part.chunks(m * n) {
+            for (d, &v) in o.iter_mut().zip(&p[j..]) {
+                *d += v;
+            }
+        }
+    };
+    if tasks * m * n < (1 << 16) {
+        add((out, 0));
+    } else {
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, o)| add((o, c * CHUNK)));
+    }
+    Ok(())
+}
+
+/// How a weight `[n, k]` usable by [`linear`]'s fast path is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WeightLayout {
+    /// Contiguous `[n, k]`.
+    RowMajor,
+    /// The transposed view of a contiguous `[k, n]` (see [`store_transposed`]).
+    Transposed,
+}
+
+pub(crate) fn weight_layout(w: &Tensor) -> Option<WeightLayout> {
+    if !w.device().is_cpu() || w.dtype() != DType::F32 || w.rank() != 2 {
+        return None;
+    }
+    if w.is_contiguous() {
+        return Some(WeightLayout::RowMajor);
+    }
+    let n = w.dims()[0];
+    (w.stride() == [1, n]).then_some(WeightLayout::Transposed)
+}
+
+/// The same `[out, in]` weight with its storage laid out `[in, out]` (a transposed view) when it
+/// is an f32 CPU tensor, which [`linear`]'s products read faster; other tensors are returned as
+/// they are. Every tensor op still sees an ordinary `[out, in]` tensor.
+pub fn store_transposed(w: Tensor) -> Result<Tensor> {
+    if weight_layout(&w) != Some(WeightLayout::RowMajor) {
+        return Ok(w);
+    }
+    let (n, k) = w.dims2()?;
+    let t = {
+        let (g, l) = w.storage_and_layout();
+        let src = f32_slice(&g, l)?;
+        transpose_f32(n, k, |i| src[i])
+    };
+    Ok(Tensor::from_vec(t, (k, n), w.device())?.t()?)
+}
+
+/// `[k, n]` row-major from an `[n, k]` row-major source whose element `i` is `src(i)`.
+pub(crate) fn transpose_f32(n: usize, k: usize, src: impl Fn(usize) -> f32 + Sync) -> Vec<f32> {
+    let mut t: Vec<f32> = Vec::with_capacity(n * k);
+    if n == 0 || k == 0 {
+        return t;
+    }
+    // Each task fills 16 rows of t, 32 columns at a time: the 32 source lines it reads (one
+    // per source row, on as many pages) stay in L1 and the TLB across all 16 rows.
+    const B: usize = 16;
+    const J: usize = 32;
+    t.spare_capacity_mut()
+        .par_chunks_mut(B * n)
+        .enumerate()
+        .for_each(|(s, out)| {
+            let p0 = s * B;
+            for j0 in (0..n).step_by(J) {
+                let j1 = (j0 + J).min(n);
+                for (pp, row) in out.chunks_mut(n).enumerate() {
+                    for (j, o) in row[j0..j1].iter_mut().enumerate() {
+                        o.write(src((j0 + j) * k + p0 + pp));
+                    }
+                }
+            }
+        });
+    // SAFETY: the tasks above cover rows 0..k of t ([k, n]) and write every column of them.
+    unsafe { t.set_len(n * k) };
+    t
 }
 
 /// Where the rows of one attention head lie in a buffer: element `(batch, head, row, j)` is at
@@ -691,18 +816,30 @@ mod tests {
     #[test]
     fn linear_matches_matmul_with_bias_and_residual() {
         let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 1.0, (131, 200), &dev).unwrap();
-        let bias = Tensor::randn(0f32, 1.0, 131, &dev).unwrap();
-        // Skinny (decode) and gemm (prefill) paths, with and without bias and residual.
-        for m in [1usize, 3, 8, 9, 70] {
-            let x = Tensor::randn(0f32, 1.0, (m, 200), &dev).unwrap();
-            let res = Tensor::randn(0f32, 1.0, (m, 131), &dev).unwrap();
-            let base = x.matmul(&w.t().unwrap()).unwrap();
-            let got = linear(&x, &w, None, None).unwrap().unwrap();
-            assert!(max_diff(&got, &base) < 1e-4, "m {m}");
-            let got = linear(&x, &w, Some(&bias), Some(&res)).unwrap().unwrap();
-            let want = (base.broadcast_add(&bias).unwrap() + &res).unwrap();
-            assert!(max_diff(&got, &want) < 1e-4, "m {m} bias+residual");
+        // k = 201 leaves a remainder after the 4-row unroll; [3000, 64] sums its partials in
+        // parallel.
+        for (n, k) in [(131usize, 201usize), (3000, 64)] {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let wt = store_transposed(w.clone()).unwrap();
+            assert_eq!(weight_layout(&w), Some(WeightLayout::RowMajor));
+            assert_eq!(weight_layout(&wt), Some(WeightLayout::Transposed));
+            assert_eq!(wt.dims(), &[n, k]);
+            assert_eq!(max_diff(&wt, &w), 0.0);
+            let bias = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+            // Skinny (decode) and gemm (prefill) paths, with and without bias and residual,
+            // for both weight layouts.
+            for m in [1usize, 3, 8, 9, 70] {
+                let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+                let res = Tensor::randn(0f32, 1.0, (m, n), &dev).unwrap();
+                let base = x.matmul(&w.t().unwrap()).unwrap();
+                let want = (base.broadcast_add(&bias).unwrap() + &res).unwrap();
+                for (name, w) in [("row-major", &w), ("transposed", &wt)] {
+                    let got = linear(&x, w, None, None).unwrap().unwrap();
+                    assert!(max_diff(&got, &base) < 1e-4, "{name} m {m} n {n}");
+                    let got = linear(&x, w, Some(&bias), Some(&res)).unwrap().unwrap();
+                    assert!(max_diff(&got, &want) < 1e-4, "{name} m {m} n {n} bias+res");
+                }
+            }
         }
     }
 

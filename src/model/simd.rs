@@ -193,6 +193,29 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// `acc[c] += Σ_r x[r] · w[r·n + c]` with `n = acc.len()`, four rows of `w` per pass over `acc`.
+#[inline(always)]
+fn axpy_rows_body<const FMA: bool>(acc: &mut [f32], x: &[f32], w: &[f32]) {
+    let n = acc.len();
+    let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
+    let mut quads = w.chunks_exact(4 * n).zip(x.chunks_exact(4));
+    for (wq, xq) in &mut quads {
+        let (w0, rest) = wq.split_at(n);
+        let (w1, rest) = rest.split_at(n);
+        let (w2, w3) = rest.split_at(n);
+        let (x0, x1, x2, x3) = (xq[0], xq[1], xq[2], xq[3]);
+        for ((((a, &v0), &v1), &v2), &v3) in acc.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
+            *a = fma(x3, v3, fma(x2, v2, fma(x1, v1, fma(x0, v0, *a))));
+        }
+    }
+    let done = x.len() / 4 * 4;
+    for (wr, &xr) in w[done * n..].chunks_exact(n).zip(&x[done..]) {
+        for (a, &v) in acc.iter_mut().zip(wr) {
+            *a = fma(xr, v, *a);
+        }
+    }
+}
+
 /// Defines `pub fn $name` that runs `$body` compiled for the best instruction set present.
 macro_rules! dispatch {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $body:ident $(::<$fma:ident>)?) => {
@@ -244,6 +267,11 @@ dispatch! {
 dispatch! {
     /// `Σ a_i b_i`.
     fn dot(a: &[f32], b: &[f32]) -> f32 = dot_body
+}
+
+dispatch! {
+    /// `acc[c] += Σ_r x[r] · w[r·acc.len() + c]` (rows of a row-major matrix scaled and summed).
+    fn axpy_rows(acc: &mut [f32], x: &[f32], w: &[f32]) -> () = axpy_rows_body::<FMA>
 }
 
 #[cfg(test)]

@@ -292,6 +292,34 @@ impl Weights {
         self.get_any(name)
     }
 
+    /// Loads a linear layer's `[out, in]` weight like [`Weights::get`], stored transposed on
+    /// the CPU in f32 (see [`crate::model::ops::store_transposed`]).
+    pub fn get_linear_weight(&self, name: &str, out_dim: usize, in_dim: usize) -> Result<Tensor> {
+        let (_, info) = self.locate(name)?;
+        let direct = self.device.is_cpu()
+            && self.dtype == DType::F32
+            && info.dtype == StDtype::F32
+            && info.shape == [out_dim, in_dim];
+        if !direct {
+            return crate::model::ops::store_transposed(self.get(name, &[out_dim, in_dim])?);
+        }
+        let (shard, _, start, len) = self.range(name)?;
+        if len != out_dim * in_dim * 4 {
+            return Err(Error::format(
+                &shard.path,
+                format!("tensor {name}: {len} bytes for shape {:?}", info.shape),
+            ));
+        }
+        // Transposed straight from the file's bytes: one copy of the weight fewer at load.
+        let bytes = self.read_bytes(shard, start, len)?;
+        let t = crate::model::ops::transpose_f32(out_dim, in_dim, |i| {
+            let b = &bytes[4 * i..4 * i + 4];
+            f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        });
+        drop(bytes);
+        Ok(Tensor::from_vec(t, (in_dim, out_dim), &Device::Cpu)?.t()?)
+    }
+
     /// Fails unless `name` is stored as a floating-point dtype, naming the tensor.
     pub fn check_float(&self, name: &str) -> Result<()> {
         let (shard, info) = self.locate(name)?;
