@@ -669,7 +669,8 @@ pub fn rope(
     heads_first: bool,
 ) -> Result<Vec<f32>> {
     let half = d / 2;
-    if x.len() != b * l * heads * d
+    if d % 2 != 0
+        || x.len() != b * l * heads * d
         || positions.len() != b * l
         || positions
             .iter()
@@ -677,24 +678,29 @@ pub fn rope(
     {
         return Err(Error::Internal("rope: operand sizes".into()));
     }
-    let mut out = vec![0f32; x.len()];
-    let ol = if heads_first {
-        HeadLayout::heads_rows(l, heads, d)
-    } else {
-        HeadLayout::rows_heads(l, heads, d)
+    // Rows are appended in output order (no zeroed buffer to fill).
+    let mut out = Vec::with_capacity(x.len());
+    let mut rotate = |r: usize, h: usize| {
+        let p = positions[r] as usize;
+        let c = &cos[p * half..(p + 1) * half];
+        let sn = &sin[p * half..(p + 1) * half];
+        let src = &x[(r * heads + h) * d..(r * heads + h + 1) * d];
+        let (x1, x2) = src.split_at(half);
+        out.extend((0..half).map(|j| x1[j] * c[j] - x2[j] * sn[j]));
+        out.extend((0..half).map(|j| x2[j] * c[j] + x1[j] * sn[j]));
     };
-    for (r, &p) in positions.iter().enumerate() {
-        let (bi, t) = (r / l, r % l);
-        let c = &cos[p as usize * half..(p as usize + 1) * half];
-        let sn = &sin[p as usize * half..(p as usize + 1) * half];
-        for h in 0..heads {
-            let src = &x[(r * heads + h) * d..(r * heads + h + 1) * d];
-            let o = bi * ol.batch + h * ol.head + t * ol.row;
-            let (lo, hi) = out[o..o + d].split_at_mut(half);
-            for j in 0..half {
-                let (x1, x2) = (src[j], src[j + half]);
-                lo[j] = x1 * c[j] - x2 * sn[j];
-                hi[j] = x2 * c[j] + x1 * sn[j];
+    if heads_first {
+        for bi in 0..b {
+            for h in 0..heads {
+                for t in 0..l {
+                    rotate(bi * l + t, h);
+                }
+            }
+        }
+    } else {
+        for r in 0..b * l {
+            for h in 0..heads {
+                rotate(r, h);
             }
         }
     }
@@ -703,13 +709,12 @@ pub fn rope(
 
 /// `[b, l, heads, d]` → `[b, heads, l, d]`.
 pub fn heads_first(x: &[f32], (b, l, heads, d): (usize, usize, usize, usize)) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
+    let mut out = Vec::with_capacity(x.len());
     for bi in 0..b {
-        for t in 0..l {
-            for h in 0..heads {
+        for h in 0..heads {
+            for t in 0..l {
                 let src = ((bi * l + t) * heads + h) * d;
-                let dst = ((bi * heads + h) * l + t) * d;
-                out[dst..dst + d].copy_from_slice(&x[src..src + d]);
+                out.extend_from_slice(&x[src..src + d]);
             }
         }
     }
@@ -721,14 +726,22 @@ pub fn silu_mul(g: &Tensor, u: &Tensor) -> Result<Option<Tensor>> {
     if !(fast_path(g) && fast_path(u)) || g.dims() != u.dims() {
         return Ok(None);
     }
-    let mut out = vec![0f32; g.elem_count()];
+    let n = g.elem_count();
+    let mut out: Vec<f32> = Vec::with_capacity(n);
     let (gg, gl) = g.storage_and_layout();
     let gs = f32_slice(&gg, gl)?;
     let (ug, ul) = u.storage_and_layout();
     let us = f32_slice(&ug, ul)?;
-    out.par_chunks_mut(CHUNK)
+    if gs.len() != n || us.len() != n {
+        return Err(Error::Internal("silu_mul: operand sizes".into()));
+    }
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(CHUNK)
         .zip(gs.par_chunks(CHUNK).zip(us.par_chunks(CHUNK)))
         .for_each(|(o, (g, u))| simd::silu_mul(o, g, u));
+    // SAFETY: the chunks above cover 0..n and silu_mul writes every element of its chunk (g and
+    // u have n elements each).
+    unsafe { out.set_len(n) };
     Ok(Some(Tensor::from_vec(out, g.shape(), g.device())?))
 }
 

@@ -2,6 +2,8 @@
 //! AVX2 + FMA, portable) and picked at run time: the library ships for the x86-64 baseline, whose
 //! SSE2 has no vector `floor` or FMA, so without this the loops fall back to libm calls.
 
+use std::mem::MaybeUninit;
+
 /// `1.5 · 2^23`: adding it rounds an f32 of magnitude below 2^22 to an integer held in the low
 /// mantissa bits (no `floor`/`round` call, which baseline x86-64 cannot vectorise).
 const ROUND32: f32 = 12_582_912.0;
@@ -128,9 +130,9 @@ fn gelu_tanh_body(out: &mut [f32], x: &[f32]) {
 }
 
 #[inline(always)]
-fn silu_mul_body<const FMA: bool>(out: &mut [f32], g: &[f32], u: &[f32]) {
+fn silu_mul_body<const FMA: bool>(out: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32]) {
     for ((o, &v), &w) in out.iter_mut().zip(g).zip(u) {
-        *o = v / (1.0 + exp_accurate::<FMA>(-v)) * w;
+        o.write(v / (1.0 + exp_accurate::<FMA>(-v)) * w);
     }
 }
 
@@ -256,7 +258,7 @@ dispatch! {
 
 dispatch! {
     /// `out = silu(g) · u` element-wise (Llama's gated MLP).
-    fn silu_mul(out: &mut [f32], g: &[f32], u: &[f32]) -> () = silu_mul_body::<FMA>
+    fn silu_mul(out: &mut [MaybeUninit<f32>], g: &[f32], u: &[f32]) -> () = silu_mul_body::<FMA>
 }
 
 dispatch! {
@@ -349,9 +351,11 @@ mod tests {
             .collect();
         let mut g = vec![0f32; x.len()];
         gelu_tanh(&mut g, &x);
-        let mut s = vec![0f32; x.len()];
+        let mut s = vec![MaybeUninit::new(0f32); x.len()];
         let ones = vec![1f32; x.len()];
         silu_mul(&mut s, &x, &ones);
+        // SAFETY: silu_mul wrote every element (and all were initialised before).
+        let s: Vec<f32> = s.iter().map(|v| unsafe { v.assume_init() }).collect();
         for ((&v, &gv), &sv) in x.iter().zip(&g).zip(&s) {
             let want = 0.5
                 * v as f64
