@@ -669,7 +669,8 @@ pub fn rope(
     heads_first: bool,
 ) -> Result<Vec<f32>> {
     let half = d / 2;
-    if d % 2 != 0
+    if d == 0
+        || d % 2 != 0
         || x.len() != b * l * heads * d
         || positions.len() != b * l
         || positions
@@ -678,32 +679,47 @@ pub fn rope(
     {
         return Err(Error::Internal("rope: operand sizes".into()));
     }
-    // Rows are appended in output order (no zeroed buffer to fill).
-    let mut out = Vec::with_capacity(x.len());
-    let mut rotate = |r: usize, h: usize| {
+    // Output chunk `c` (one head of one row) is written once, without zero-filling first.
+    let n = x.len();
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    if n == 0 {
+        return Ok(out);
+    }
+    let rotate = |c: usize, o: &mut [std::mem::MaybeUninit<f32>]| {
+        let (r, h) = if heads_first {
+            let (bi, h, t) = (c / (heads * l), (c / l) % heads, c % l);
+            (bi * l + t, h)
+        } else {
+            (c / heads, c % heads)
+        };
         let p = positions[r] as usize;
-        let c = &cos[p * half..(p + 1) * half];
+        let cs = &cos[p * half..(p + 1) * half];
         let sn = &sin[p * half..(p + 1) * half];
         let src = &x[(r * heads + h) * d..(r * heads + h + 1) * d];
         let (x1, x2) = src.split_at(half);
-        out.extend((0..half).map(|j| x1[j] * c[j] - x2[j] * sn[j]));
-        out.extend((0..half).map(|j| x2[j] * c[j] + x1[j] * sn[j]));
+        let (lo, hi) = o.split_at_mut(half);
+        for j in 0..half {
+            lo[j].write(x1[j] * cs[j] - x2[j] * sn[j]);
+            hi[j].write(x2[j] * cs[j] + x1[j] * sn[j]);
+        }
     };
-    if heads_first {
-        for bi in 0..b {
-            for h in 0..heads {
-                for t in 0..l {
-                    rotate(bi * l + t, h);
-                }
-            }
-        }
+    let spare = &mut out.spare_capacity_mut()[..n];
+    // Prompt-sized inputs split across threads; a decode step's few heads stay on this thread.
+    if n >= 1 << 15 {
+        spare
+            .par_chunks_mut(d)
+            .with_min_len(64)
+            .enumerate()
+            .for_each(|(c, o)| rotate(c, o));
     } else {
-        for r in 0..b * l {
-            for h in 0..heads {
-                rotate(r, h);
-            }
-        }
+        spare
+            .chunks_mut(d)
+            .enumerate()
+            .for_each(|(c, o)| rotate(c, o));
     }
+    // SAFETY: the n / d chunks above cover 0..n (d is even and divides n) and each writes all d
+    // of its elements.
+    unsafe { out.set_len(n) };
     Ok(out)
 }
 
@@ -869,38 +885,41 @@ mod tests {
     #[test]
     fn rope_matches_candle() {
         let dev = Device::Cpu;
-        let (b, l, h, d) = (2usize, 5usize, 3usize, 8usize);
-        let x = Tensor::randn(0f32, 1.0, (b, l, h, d), &dev).unwrap();
-        let cos = Tensor::randn(0f32, 1.0, (20, d / 2), &dev).unwrap();
-        let sin = Tensor::randn(0f32, 1.0, (20, d / 2), &dev).unwrap();
-        let pos: Vec<u32> = vec![3, 4, 5, 6, 7, 0, 1, 2, 3, 4];
-        let idx = Tensor::new(pos.as_slice(), &dev).unwrap();
-        let c = cos
-            .index_select(&idx, 0)
-            .unwrap()
-            .reshape((b, l, d / 2))
-            .unwrap();
-        let s = sin
-            .index_select(&idx, 0)
-            .unwrap()
-            .reshape((b, l, d / 2))
-            .unwrap();
-        let xt = x.transpose(1, 2).unwrap().contiguous().unwrap();
-        let want = candle_nn::rotary_emb::rope(&xt, &c, &s).unwrap(); // [b, h, l, d]
-        let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-        let cs: Vec<f32> = cos.flatten_all().unwrap().to_vec1().unwrap();
-        let ss: Vec<f32> = sin.flatten_all().unwrap().to_vec1().unwrap();
-        let got = rope(&xs, &pos, &cs, &ss, (b, l, h, d), true).unwrap();
-        let got = Tensor::from_vec(got, (b, h, l, d), &dev).unwrap();
-        assert!(max_diff(&got, &want) < 1e-6);
-        let got = rope(&xs, &pos, &cs, &ss, (b, l, h, d), false).unwrap();
-        let got = Tensor::from_vec(got, (b, l, h, d), &dev).unwrap();
-        let want = want.transpose(1, 2).unwrap();
-        assert!(max_diff(&got, &want) < 1e-6);
-        let t = heads_first(&xs, (b, l, h, d));
-        let t = Tensor::from_vec(t, (b, h, l, d), &dev).unwrap();
-        assert!(max_diff(&t, &xt) == 0.0);
-        assert!(rope(&xs, &[99; 10], &cs, &ss, (b, l, h, d), true).is_err());
+        // The second shape is large enough for the multi-threaded path.
+        for (b, l, h, d) in [(2usize, 5usize, 3usize, 8usize), (2, 300, 4, 64)] {
+            let x = Tensor::randn(0f32, 1.0, (b, l, h, d), &dev).unwrap();
+            let cos = Tensor::randn(0f32, 1.0, (400, d / 2), &dev).unwrap();
+            let sin = Tensor::randn(0f32, 1.0, (400, d / 2), &dev).unwrap();
+            let pos: Vec<u32> = (0..b * l).map(|i| ((i * 7 + 3) % 400) as u32).collect();
+            let idx = Tensor::new(pos.as_slice(), &dev).unwrap();
+            let c = cos
+                .index_select(&idx, 0)
+                .unwrap()
+                .reshape((b, l, d / 2))
+                .unwrap();
+            let s = sin
+                .index_select(&idx, 0)
+                .unwrap()
+                .reshape((b, l, d / 2))
+                .unwrap();
+            let xt = x.transpose(1, 2).unwrap().contiguous().unwrap();
+            let want = candle_nn::rotary_emb::rope(&xt, &c, &s).unwrap(); // [b, h, l, d]
+            let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            let cs: Vec<f32> = cos.flatten_all().unwrap().to_vec1().unwrap();
+            let ss: Vec<f32> = sin.flatten_all().unwrap().to_vec1().unwrap();
+            let got = rope(&xs, &pos, &cs, &ss, (b, l, h, d), true).unwrap();
+            let got = Tensor::from_vec(got, (b, h, l, d), &dev).unwrap();
+            assert!(max_diff(&got, &want) < 1e-6);
+            let got = rope(&xs, &pos, &cs, &ss, (b, l, h, d), false).unwrap();
+            let got = Tensor::from_vec(got, (b, l, h, d), &dev).unwrap();
+            let want = want.transpose(1, 2).unwrap();
+            assert!(max_diff(&got, &want) < 1e-6);
+            let t = heads_first(&xs, (b, l, h, d));
+            let t = Tensor::from_vec(t, (b, h, l, d), &dev).unwrap();
+            assert!(max_diff(&t, &xt) == 0.0);
+            let far = vec![999; b * l];
+            assert!(rope(&xs, &far, &cs, &ss, (b, l, h, d), true).is_err());
+        }
     }
 
     #[test]
