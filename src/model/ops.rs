@@ -361,6 +361,7 @@ pub(crate) enum WeightLayout {
     Transposed,
 }
 
+/// The layout of `w` when [`linear`]'s fast path can read it as a weight, else `None`.
 pub(crate) fn weight_layout(w: &Tensor) -> Option<WeightLayout> {
     if !w.device().is_cpu() || w.dtype() != DType::F32 || w.rank() != 2 {
         return None;
@@ -398,7 +399,7 @@ pub(crate) fn transpose_f32(n: usize, k: usize, src: impl Fn(usize) -> f32 + Syn
     // per source row, on as many pages) stay in L1 and the TLB across all 16 rows.
     const B: usize = 16;
     const J: usize = 32;
-    t.spare_capacity_mut()
+    t.spare_capacity_mut()[..n * k]
         .par_chunks_mut(B * n)
         .enumerate()
         .for_each(|(s, out)| {
