@@ -130,8 +130,9 @@ pub fn linear(
     bias: Option<&Tensor>,
     residual: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
+    let layout = weight_layout(w);
     let operands_ok = fast_path(x)
-        && weight_layout(w).is_some()
+        && layout.is_some()
         && bias.is_none_or(fast_path)
         && residual.is_none_or(fast_path);
     if !operands_ok {
@@ -174,7 +175,7 @@ pub fn linear(
     let accumulate = residual.is_some() || bias.is_some();
     let (xg, xl) = x.storage_and_layout();
     let xs = f32_slice(&xg, xl)?;
-    let transposed = weight_layout(w) == Some(WeightLayout::Transposed);
+    let transposed = layout == Some(WeightLayout::Transposed);
     let (wg, wl) = w.storage_and_layout();
     let ws = match (&*wg, transposed) {
         (Storage::Cpu(CpuStorage::F32(v)), true) => v
