@@ -158,7 +158,7 @@ pub fn linear(
     let mut out = match residual {
         Some(r) => {
             let (g, l) = r.storage_and_layout();
-            f32_slice(&g, l)?.to_vec()
+            par_copy(f32_slice(&g, l)?)
         }
         None if overwrite => Vec::with_capacity(m * n),
         None => vec![0f32; m * n],
@@ -235,6 +235,26 @@ pub fn linear(
         }
     }
     Ok(Some(Tensor::from_vec(out, (m, n), x.device())?))
+}
+
+/// A copy of `src`, split across threads when it is prompt-sized (a serial copy of a residual
+/// stream leaves the other core idle).
+fn par_copy(src: &[f32]) -> Vec<f32> {
+    if src.len() < 4 * CHUNK {
+        return src.to_vec();
+    }
+    let mut v: Vec<f32> = Vec::with_capacity(src.len());
+    v.spare_capacity_mut()[..src.len()]
+        .par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(d, s)| {
+            for (d, &s) in d.iter_mut().zip(s) {
+                d.write(s);
+            }
+        });
+    // SAFETY: the chunks above cover all src.len() elements.
+    unsafe { v.set_len(src.len()) };
+    v
 }
 
 thread_local! {
@@ -495,6 +515,23 @@ impl SharedOut {
     }
 }
 
+thread_local! {
+    /// Each thread's attention score buffer, kept between calls so prompt-sized blocks do not
+    /// map and fault in fresh pages every time.
+    static SCORES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on an empty buffer with capacity for at least `len` scores.
+fn with_scores<R>(len: usize, f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    // Taken out while in use: a nested call would start from an empty buffer, not alias this one.
+    let mut buf = SCORES.try_with(|c| c.take()).unwrap_or_default();
+    buf.clear();
+    buf.reserve(len);
+    let r = f(&mut buf);
+    let _ = SCORES.try_with(|c| c.set(buf));
+    r
+}
+
 /// `softmax(scale·Q Kᵀ [+ causal/key mask]) V` on raw f32 buffers laid out as `*_layout` say,
 /// returned as `[batch, rows, q_heads, d]` (the input layout of the output projection). Keys with
 /// `key_mask[b·keys + j] == 0` get zero weight; a query row that sees no key gets zeros.
@@ -535,24 +572,32 @@ pub fn attention_raw(
         )));
     }
     let rep = q_heads / kv_heads;
-    // Row blocks keep a block's scores in L2 and give the threads enough tasks.
-    const BLOCK: usize = 128;
+    // Row blocks keep a block's scores in L2 and give the threads enough tasks; small enough
+    // that causal blocks compute few scores above the diagonal.
+    const BLOCK: usize = 64;
     let blocks = rows.div_ceil(BLOCK);
     // With many query rows, Kᵀ is worth materialising per KV head ([d, keys]): gemm reads a
     // row-major right operand ~1.4x faster than a transposed one at this small inner size.
     let kt: Option<Vec<f32>> = (rows >= 32).then(|| {
-        let mut kt = vec![0f32; batch * kv_heads * d * keys];
-        kt.par_chunks_mut((d * keys).max(1))
+        let mut kt: Vec<f32> = Vec::with_capacity(batch * kv_heads * d * keys);
+        kt.spare_capacity_mut()[..batch * kv_heads * d * keys]
+            .par_chunks_mut((d * keys).max(1))
             .enumerate()
             .for_each(|(unit, t)| {
                 let base = (unit / kv_heads) * kl.batch + (unit % kv_heads) * kl.head;
-                for j in 0..keys {
-                    let row = &k[base + j * kl.row..base + j * kl.row + d];
-                    for (p, &x) in row.iter().enumerate() {
-                        t[p * keys + j] = x;
+                // 16 keys at a time: their rows stay in L1 while each of the d output rows
+                // gets 16 contiguous elements.
+                for j0 in (0..keys).step_by(16) {
+                    let j1 = (j0 + 16).min(keys);
+                    for p in 0..d {
+                        for j in j0..j1 {
+                            t[p * keys + j].write(k[base + j * kl.row + p]);
+                        }
                     }
                 }
             });
+        // SAFETY: the tasks above wrote all d·keys elements of every (batch, KV head) block.
+        unsafe { kt.set_len(batch * kv_heads * d * keys) };
         kt
     });
     let len = batch * rows * q_heads * d;
@@ -598,59 +643,75 @@ pub fn attention_raw(
             };
             let v0 = bi * vl.batch + (h / rep) * vl.head;
             let o0 = bi * ol.batch + h * ol.head + r0 * ol.row;
-            // keys > 0, so span ≥ 1 and the gemm below writes all nr·span scores.
-            let mut s: Vec<f32> = Vec::with_capacity(nr * span);
-            // SAFETY: the extents checked above bound every element of q, k, v and out this block
-            // touches; s is local with capacity nr·span, all written by the overwriting gemm.
-            unsafe {
-                gemm_raw(
-                    (nr, span, d),
-                    s.as_mut_ptr(),
-                    span,
-                    false,
-                    q.as_ptr().add(q0),
-                    ql.row,
-                    kp,
-                    k_rs,
-                    k_cs,
-                );
-                s.set_len(nr * span);
-            }
             let mask = key_mask.map(|m| &m[bi * keys..bi * keys + span]);
-            for (i, row) in s.chunks_mut(span).enumerate() {
-                let visible = match causal {
-                    Some(past) => (past + r0 + i + 1).min(span),
-                    None => span,
-                };
-                if let Some(m) = mask {
-                    for (x, &keep) in row[..visible].iter_mut().zip(m) {
-                        if keep == 0 {
-                            *x = f32::NEG_INFINITY;
+            with_scores(nr * span, |s| {
+                // keys > 0, so span ≥ 1 and the gemm below writes all nr·span scores.
+                // SAFETY: the extents checked above bound every element of q, k, v and out this
+                // block touches; s has capacity nr·span, all written by the overwriting gemm.
+                unsafe {
+                    gemm_raw(
+                        (nr, span, d),
+                        s.as_mut_ptr(),
+                        span,
+                        false,
+                        q.as_ptr().add(q0),
+                        ql.row,
+                        kp,
+                        k_rs,
+                        k_cs,
+                    );
+                    s.set_len(nr * span);
+                }
+                // Softmax's division is applied to the nr·d output instead of the nr·span
+                // weights; a row that sees no key keeps weight sum 0 and gets zeros.
+                let mut sums = [0f32; BLOCK];
+                for ((i, row), sum) in s.chunks_mut(span).enumerate().zip(&mut sums) {
+                    let visible = match causal {
+                        Some(past) => (past + r0 + i + 1).min(span),
+                        None => span,
+                    };
+                    let any = match mask {
+                        Some(m) => {
+                            for (x, &keep) in row[..visible].iter_mut().zip(m) {
+                                if keep == 0 {
+                                    *x = f32::NEG_INFINITY;
+                                }
+                            }
+                            m[..visible].iter().any(|&keep| keep != 0)
+                        }
+                        // Without a key mask every row sees at least its own key.
+                        None => visible > 0,
+                    };
+                    if any {
+                        *sum = simd::exp_sum(&mut row[..visible], scale);
+                    } else {
+                        row[..visible].fill(0.0);
+                    }
+                    row[visible..].fill(0.0);
+                }
+                // SAFETY: as above; this task alone writes rows r0..r0+nr of head h in batch
+                // row bi.
+                unsafe {
+                    gemm_raw(
+                        (nr, d, span),
+                        dst.get().add(o0),
+                        ol.row,
+                        false,
+                        s.as_ptr(),
+                        span,
+                        v.as_ptr().add(v0),
+                        vl.row,
+                        1,
+                    );
+                    for (i, &sum) in sums[..nr].iter().enumerate() {
+                        let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+                        let o = std::slice::from_raw_parts_mut(dst.get().add(o0 + i * ol.row), d);
+                        for x in o {
+                            *x *= inv;
                         }
                     }
                 }
-                let any = row[..visible].iter().any(|&x| x != f32::NEG_INFINITY);
-                if any {
-                    simd::softmax(&mut row[..visible], scale);
-                } else {
-                    row[..visible].fill(0.0);
-                }
-                row[visible..].fill(0.0);
-            }
-            // SAFETY: as above; this task alone writes rows r0..r0+nr of head h in batch row bi.
-            unsafe {
-                gemm_raw(
-                    (nr, d, span),
-                    dst.get().add(o0),
-                    ol.row,
-                    false,
-                    s.as_ptr(),
-                    span,
-                    v.as_ptr().add(v0),
-                    vl.row,
-                    1,
-                );
-            }
+            });
         });
     // SAFETY: each (batch, head, row block) task wrote its nr·d outputs with an overwriting
     // gemm, and the tasks cover every row of every head.
@@ -1011,6 +1072,36 @@ mod tests {
             let e = max_diff(&got, &naive(causal, mask));
             assert!(e < 1e-5, "causal {causal} mask {mask}: {e}");
         }
+        // Batch row 1 with every key masked: its query rows see nothing and come out as zeros,
+        // batch row 0 is unaffected.
+        let mut none_visible = vec![1u8; b * keys];
+        none_visible[keys..].fill(0);
+        let sh = AttentionShape {
+            batch: b,
+            q_heads: qh,
+            kv_heads: kvh,
+            rows,
+            keys,
+            d,
+            scale,
+            causal: Some(past),
+        };
+        let out = attention_raw(
+            &sh,
+            &qs,
+            HeadLayout::rows_heads(rows, qh, d),
+            &ks,
+            HeadLayout::heads_rows(cap, kvh, d),
+            &vs,
+            HeadLayout::heads_rows(cap, kvh, d),
+            Some(&none_visible),
+        )
+        .unwrap();
+        let got = Tensor::from_vec(out, (b, rows, qh, d), &dev).unwrap();
+        let want0 = naive(true, false).narrow(0, 0, 1).unwrap();
+        assert!(max_diff(&got.narrow(0, 0, 1).unwrap(), &want0) < 1e-5);
+        let row1 = flat(&got.narrow(0, 1, 1).unwrap());
+        assert!(row1.iter().all(|&x| x == 0.0), "masked-out rows are zeros");
         // Buffers too small for the shape are an error, not an out-of-bounds access.
         let sh = AttentionShape {
             batch: b,

@@ -156,6 +156,15 @@ fn max_body(row: &[f32]) -> f32 {
 
 #[inline(always)]
 fn softmax_body<const FMA: bool>(row: &mut [f32], scale: f32) {
+    let inv = 1.0 / exp_sum_body::<FMA>(row, scale);
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `row ← e^(scale·row − max)`, returning the sum (≥ 1 for a row with a finite maximum).
+#[inline(always)]
+fn exp_sum_body<const FMA: bool>(row: &mut [f32], scale: f32) -> f32 {
     let m = max_body(row) * scale;
     let mut acc = [0f32; 16];
     let mut chunks = row.chunks_exact_mut(16);
@@ -171,10 +180,7 @@ fn softmax_body<const FMA: bool>(row: &mut [f32], scale: f32) {
         *v = exp_f32::<FMA>(*v * scale - m);
         sum += *v;
     }
-    let inv = 1.0 / sum;
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
+    sum
 }
 
 /// Dot product with 16 independent accumulators.
@@ -264,6 +270,12 @@ dispatch! {
 dispatch! {
     /// `row ← softmax(scale · row)` (exp within 1 ulp).
     fn softmax(row: &mut [f32], scale: f32) -> () = softmax_body::<FMA>
+}
+
+dispatch! {
+    /// `row ← e^(scale·row − scale·max(row))`, returning the sum: softmax without the division,
+    /// for callers that divide a smaller product instead.
+    fn exp_sum(row: &mut [f32], scale: f32) -> f32 = exp_sum_body::<FMA>
 }
 
 dispatch! {
