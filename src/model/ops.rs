@@ -1046,7 +1046,7 @@ mod tests {
         };
         let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
         let (qs, ks, vs) = (flat(&q), flat(&k), flat(&v));
-        for (causal, mask) in [(false, false), (true, false), (true, true)] {
+        let run = |causal: bool, key_mask: Option<&[u8]>| -> Tensor {
             let sh = AttentionShape {
                 batch: b,
                 q_heads: qh,
@@ -1065,10 +1065,13 @@ mod tests {
                 HeadLayout::heads_rows(cap, kvh, d),
                 &vs,
                 HeadLayout::heads_rows(cap, kvh, d),
-                mask.then_some(key_mask.as_slice()),
+                key_mask,
             )
             .unwrap();
-            let got = Tensor::from_vec(out, (b, rows, qh, d), &dev).unwrap();
+            Tensor::from_vec(out, (b, rows, qh, d), &dev).unwrap()
+        };
+        for (causal, mask) in [(false, false), (true, false), (true, true)] {
+            let got = run(causal, mask.then_some(key_mask.as_slice()));
             let e = max_diff(&got, &naive(causal, mask));
             assert!(e < 1e-5, "causal {causal} mask {mask}: {e}");
         }
@@ -1076,28 +1079,7 @@ mod tests {
         // batch row 0 is unaffected.
         let mut none_visible = vec![1u8; b * keys];
         none_visible[keys..].fill(0);
-        let sh = AttentionShape {
-            batch: b,
-            q_heads: qh,
-            kv_heads: kvh,
-            rows,
-            keys,
-            d,
-            scale,
-            causal: Some(past),
-        };
-        let out = attention_raw(
-            &sh,
-            &qs,
-            HeadLayout::rows_heads(rows, qh, d),
-            &ks,
-            HeadLayout::heads_rows(cap, kvh, d),
-            &vs,
-            HeadLayout::heads_rows(cap, kvh, d),
-            Some(&none_visible),
-        )
-        .unwrap();
-        let got = Tensor::from_vec(out, (b, rows, qh, d), &dev).unwrap();
+        let got = run(true, Some(&none_visible));
         let want0 = naive(true, false).narrow(0, 0, 1).unwrap();
         assert!(max_diff(&got.narrow(0, 0, 1).unwrap(), &want0) < 1e-5);
         let row1 = flat(&got.narrow(0, 1, 1).unwrap());
