@@ -672,12 +672,15 @@ pub fn attention_raw(
                     };
                     let any = match mask {
                         Some(m) => {
+                            let mut any = false;
                             for (x, &keep) in row[..visible].iter_mut().zip(m) {
                                 if keep == 0 {
                                     *x = f32::NEG_INFINITY;
+                                } else {
+                                    any = true;
                                 }
                             }
-                            m[..visible].iter().any(|&keep| keep != 0)
+                            any
                         }
                         // Without a key mask every row sees at least its own key.
                         None => visible > 0,
