@@ -243,6 +243,21 @@ impl TextModel {
         logits: Logits,
         lora: &LoraSet,
     ) -> Result<Tensor> {
+        crate::model::ops::on_pool(|| {
+            self.forward_on_pool(embeds, positions, key_mask, cache, logits, lora)
+        })
+    }
+
+    /// [`Self::forward`], run on a thread of the pool.
+    fn forward_on_pool(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        key_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        logits: Logits,
+        lora: &LoraSet,
+    ) -> Result<Tensor> {
         let (b, l, _) = embeds.dims3()?;
         let past = cache.len;
         let total = past + l;
