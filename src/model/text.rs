@@ -243,101 +243,90 @@ impl TextModel {
         logits: Logits,
         lora: &LoraSet,
     ) -> Result<Tensor> {
+        // On a pool thread, the parallel kernels below are not each handed over from a blocked
+        // caller thread (see `ops::on_pool`).
         crate::model::ops::on_pool(|| {
-            self.forward_on_pool(embeds, positions, key_mask, cache, logits, lora)
-        })
-    }
-
-    /// [`Self::forward`], run on a thread of the pool.
-    fn forward_on_pool(
-        &self,
-        embeds: &Tensor,
-        positions: &Tensor,
-        key_mask: Option<&Tensor>,
-        cache: &mut KvCache,
-        logits: Logits,
-        lora: &LoraSet,
-    ) -> Result<Tensor> {
-        let (b, l, _) = embeds.dims3()?;
-        let past = cache.len;
-        let total = past + l;
-        if total > cache.capacity {
-            return Err(Error::Limit(format!(
-                "sequence of {total} tokens exceeds the cache capacity {}",
-                cache.capacity
-            )));
-        }
-        let max_pos = self.cfg.max_position_embeddings as u32;
-        let pos_flat = positions.flatten_all()?;
-        if pos_flat.max(0)?.to_scalar::<u32>()? >= max_pos {
-            return Err(Error::Limit(format!(
-                "position exceeds max_position_embeddings {max_pos}"
-            )));
-        }
-        // The CPU f32 path applies RoPE and masks on raw buffers (positions and key mask read
-        // once); other devices and dtypes gather RoPE tables and build an additive mask.
-        let inputs = if self.cpu_path(embeds, cache) {
-            AttnInputs::Host(HostInputs {
-                positions: pos_flat.to_vec1::<u32>()?,
-                key_mask: match key_mask {
-                    Some(m) => Some(m.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>()?),
-                    None => None,
-                },
-            })
-        } else {
-            let gather = |t: &Tensor| -> Result<Tensor> {
-                Ok(t.index_select(&pos_flat, 0)?.reshape((b, l, ()))?)
-            };
-            AttnInputs::Tensors {
-                cos: gather(&self.rope.cos)?,
-                sin: gather(&self.rope.sin)?,
-                mask: self.build_mask(b, l, past, key_mask, embeds.device())?,
+            let (b, l, _) = embeds.dims3()?;
+            let past = cache.len;
+            let total = past + l;
+            if total > cache.capacity {
+                return Err(Error::Limit(format!(
+                    "sequence of {total} tokens exceeds the cache capacity {}",
+                    cache.capacity
+                )));
             }
-        };
-        let mut h = embeds.clone();
-        // With only the last position's logits wanted, the last layer needs every position's
-        // keys and values (for the cache) but queries, attention and MLP for the last row only.
-        let trim_last =
-            matches!(logits, Logits::Last) && l > 1 && matches!(inputs, AttnInputs::Host(_));
-        for (i, layer) in self.layers.iter().enumerate() {
-            let x = layer.input_ln.forward(&h)?;
-            let o = match &inputs {
-                AttnInputs::Host(host) => {
-                    let last_only = trim_last && i + 1 == self.layers.len();
-                    let o = self.attention_cpu(layer, &x, host, cache, i, last_only, lora)?;
-                    if last_only {
-                        h = h.narrow(1, l - 1, 1)?.contiguous()?;
+            let max_pos = self.cfg.max_position_embeddings as u32;
+            let pos_flat = positions.flatten_all()?;
+            if pos_flat.max(0)?.to_scalar::<u32>()? >= max_pos {
+                return Err(Error::Limit(format!(
+                    "position exceeds max_position_embeddings {max_pos}"
+                )));
+            }
+            // The CPU f32 path applies RoPE and masks on raw buffers (positions and key mask read
+            // once); other devices and dtypes gather RoPE tables and build an additive mask.
+            let inputs = if self.cpu_path(embeds, cache) {
+                AttnInputs::Host(HostInputs {
+                    positions: pos_flat.to_vec1::<u32>()?,
+                    key_mask: match key_mask {
+                        Some(m) => Some(m.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>()?),
+                        None => None,
+                    },
+                })
+            } else {
+                let gather = |t: &Tensor| -> Result<Tensor> {
+                    Ok(t.index_select(&pos_flat, 0)?.reshape((b, l, ()))?)
+                };
+                AttnInputs::Tensors {
+                    cos: gather(&self.rope.cos)?,
+                    sin: gather(&self.rope.sin)?,
+                    mask: self.build_mask(b, l, past, key_mask, embeds.device())?,
+                }
+            };
+            let mut h = embeds.clone();
+            // With only the last position's logits wanted, the last layer needs every position's
+            // keys and values (for the cache) but queries, attention and MLP for the last row only.
+            let trim_last =
+                matches!(logits, Logits::Last) && l > 1 && matches!(inputs, AttnInputs::Host(_));
+            for (i, layer) in self.layers.iter().enumerate() {
+                let x = layer.input_ln.forward(&h)?;
+                let o = match &inputs {
+                    AttnInputs::Host(host) => {
+                        let last_only = trim_last && i + 1 == self.layers.len();
+                        let o = self.attention_cpu(layer, &x, host, cache, i, last_only, lora)?;
+                        if last_only {
+                            h = h.narrow(1, l - 1, 1)?.contiguous()?;
+                        }
+                        o
                     }
-                    o
-                }
-                AttnInputs::Tensors { cos, sin, mask } => {
-                    self.attention(layer, &x, cos, sin, mask.as_ref(), cache, i, lora)?
-                }
+                    AttnInputs::Tensors { cos, sin, mask } => {
+                        self.attention(layer, &x, cos, sin, mask.as_ref(), cache, i, lora)?
+                    }
+                };
+                let h1 = layer.attn.o.forward_residual(&o, &h, lora)?;
+                let x = layer.post_ln.forward(&h1)?;
+                let g = layer.mlp.gate.forward(&x, lora)?;
+                let u = layer.mlp.up.forward(&x, lora)?;
+                let fused = match self.cfg.hidden_act {
+                    Activation::Silu => crate::model::ops::silu_mul(&g, &u)?,
+                    _ => None,
+                };
+                let a = match fused {
+                    Some(a) => a,
+                    None => (activate(&g, self.cfg.hidden_act)? * u)?,
+                };
+                h = layer.mlp.down.forward_residual(&a, &h1, lora)?;
+            }
+            cache.len = total;
+            let h = match logits {
+                Logits::Last if !trim_last => h.narrow(1, l - 1, 1)?.contiguous()?,
+                _ => h,
             };
-            let h1 = layer.attn.o.forward_residual(&o, &h, lora)?;
-            let x = layer.post_ln.forward(&h1)?;
-            let g = layer.mlp.gate.forward(&x, lora)?;
-            let u = layer.mlp.up.forward(&x, lora)?;
-            let fused = match self.cfg.hidden_act {
-                Activation::Silu => crate::model::ops::silu_mul(&g, &u)?,
-                _ => None,
-            };
-            let a = match fused {
-                Some(a) => a,
-                None => (activate(&g, self.cfg.hidden_act)? * u)?,
-            };
-            h = layer.mlp.down.forward_residual(&a, &h1, lora)?;
-        }
-        cache.len = total;
-        let h = match logits {
-            Logits::Last if !trim_last => h.narrow(1, l - 1, 1)?.contiguous()?,
-            _ => h,
-        };
-        let h = self.norm.forward(&h)?;
-        let out = self.lm_head.forward(&h, lora)?;
-        Ok(match logits {
-            Logits::Last => out.squeeze(1)?,
-            Logits::All => out,
+            let h = self.norm.forward(&h)?;
+            let out = self.lm_head.forward(&h, lora)?;
+            Ok(match logits {
+                Logits::Last => out.squeeze(1)?,
+                Logits::All => out,
+            })
         })
     }
 
