@@ -586,6 +586,9 @@ pub fn attention_raw(
         )));
     }
     let rep = q_heads / kv_heads;
+    if rows <= DECODE_ROWS && kl.row == d && vl.row == d {
+        return Ok(attention_by_kv_head(sh, q, ql, k, kl, v, vl, key_mask));
+    }
     // Row blocks keep a block's scores in L2 and give the threads enough tasks; small enough
     // that causal blocks compute few scores above the diagonal.
     const BLOCK: usize = 64;
@@ -734,6 +737,169 @@ pub fn attention_raw(
     // gemm, and the tasks cover every row of every head.
     unsafe { out.set_len(len) };
     Ok(out)
+}
+
+/// Query rows per head up to which [`attention_raw`] runs [`attention_by_kv_head`].
+const DECODE_ROWS: usize = 8;
+
+/// Fewest keys per task in [`attention_by_kv_head`].
+const MIN_KEY_CHUNK: usize = 64;
+
+/// Keys per block that every query row of an [`attention_by_kv_head`] task uses in turn while
+/// the block's keys or values stay in L1.
+const SUB: usize = 32;
+
+/// [`attention_raw`] for a few query rows over keys and values whose rows are contiguous (the KV
+/// cache): one task per (batch row, KV head, key chunk) serves all the query heads that share the
+/// KV head, so each cached key and value is read once per step instead of once per query head,
+/// and splitting the keys keeps both cores busy with only a few KV heads. Each chunk keeps its own
+/// softmax maximum, sum and weighted values; the chunks are then combined exactly.
+///
+/// The caller has checked the shape, the buffer extents and `kl.row == vl.row == d`.
+#[allow(clippy::too_many_arguments)]
+fn attention_by_kv_head(
+    sh: &AttentionShape,
+    q: &[f32],
+    ql: HeadLayout,
+    k: &[f32],
+    kl: HeadLayout,
+    v: &[f32],
+    vl: HeadLayout,
+    key_mask: Option<&[u8]>,
+) -> Vec<f32> {
+    let AttentionShape {
+        batch,
+        q_heads,
+        kv_heads,
+        rows,
+        keys,
+        d,
+        scale,
+        causal,
+    } = *sh;
+    let rep = q_heads / kv_heads;
+    // Query rows per task, ordered (query head of the group, row).
+    let nq = rep * rows;
+    let units = batch * kv_heads;
+    let mut out = vec![0f32; batch * rows * q_heads * d];
+    if units == 0 || nq == 0 || keys == 0 {
+        return out;
+    }
+    // A few tasks per thread, their count a multiple of the thread count (three KV heads on two
+    // cores would otherwise leave one core idle for a third of the time).
+    let threads = rayon::current_num_threads().max(1);
+    let most = keys.div_ceil(MIN_KEY_CHUNK);
+    let mut chunks = (2 * threads).div_ceil(units).min(most);
+    while (units * chunks) % threads != 0 && chunks < most {
+        chunks += 1;
+    }
+    let chunk = keys.div_ceil(chunks);
+    // Per task and query row: the chunk's scaled maximum, its exp sum, then d weighted values.
+    let stride = d + 2;
+    let mut part = vec![0f32; units * chunks * nq * stride];
+    // The keys visible to query row `qi` end before this (exclusive, before clipping to a chunk).
+    let row_end = |qi: usize| causal.map_or(keys, |past| (past + qi % rows + 1).min(keys));
+    part.par_chunks_mut(nq * stride)
+        .enumerate()
+        .for_each(|(task, part)| {
+            let (unit, c) = (task / chunks, task % chunks);
+            let (bi, g) = (unit / kv_heads, unit % kv_heads);
+            let j0 = (c * chunk).min(keys);
+            let j1 = (j0 + chunk).min(keys);
+            let span = j1 - j0;
+            let kb = bi * kl.batch + g * kl.head;
+            let vb = bi * vl.batch + g * vl.head;
+            let q_row = |qi: usize| {
+                let (h, r) = (g * rep + qi / rows, qi % rows);
+                let q0 = bi * ql.batch + h * ql.head + r * ql.row;
+                &q[q0..q0 + d]
+            };
+            with_scores(nq * span, |s| {
+                s.resize(nq * span, 0.0);
+                // SUB keys at a time for every query row: each block of keys (and below, of
+                // values) comes from memory once and is reused from L1 by the other rows.
+                for b0 in (j0..j1).step_by(SUB) {
+                    let b1 = (b0 + SUB).min(j1);
+                    for qi in 0..nq {
+                        let e = row_end(qi).min(b1);
+                        if e > b0 {
+                            let o = qi * span;
+                            simd::dot_rows(
+                                &mut s[o + b0 - j0..o + e - j0],
+                                q_row(qi),
+                                &k[kb + b0 * d..kb + e * d],
+                            );
+                        }
+                    }
+                }
+                for (qi, p) in part.chunks_mut(stride).enumerate() {
+                    p[0] = f32::NEG_INFINITY;
+                    let end = row_end(qi).min(j1);
+                    if end <= j0 {
+                        continue;
+                    }
+                    let row = &mut s[qi * span..qi * span + end - j0];
+                    if let Some(m) = key_mask {
+                        let m = &m[bi * keys + j0..bi * keys + end];
+                        for (x, &keep) in row.iter_mut().zip(m) {
+                            if keep == 0 {
+                                *x = f32::NEG_INFINITY;
+                            }
+                        }
+                    }
+                    let max = simd::max(row);
+                    if max > f32::NEG_INFINITY {
+                        p[0] = max * scale;
+                        p[1] = simd::exp_sum(row, scale);
+                    }
+                }
+                for b0 in (j0..j1).step_by(SUB) {
+                    let b1 = (b0 + SUB).min(j1);
+                    for (qi, p) in part.chunks_mut(stride).enumerate() {
+                        let e = row_end(qi).min(b1);
+                        if p[0] > f32::NEG_INFINITY && e > b0 {
+                            let o = qi * span;
+                            simd::axpy_rows(
+                                &mut p[2..],
+                                &s[o + b0 - j0..o + e - j0],
+                                &v[vb + b0 * d..vb + e * d],
+                            );
+                        }
+                    }
+                }
+            });
+        });
+    // Combine the chunks (little work: no threads): weights e^(m_c − m) rescale each chunk to
+    // the row's overall maximum.
+    out.chunks_mut(d).enumerate().for_each(|(row, o)| {
+        // `out` is [batch, rows, q_heads, d]: recover the task's unit and query row.
+        let (bi, rest) = (row / (rows * q_heads), row % (rows * q_heads));
+        let (r, h) = (rest / q_heads, rest % q_heads);
+        let unit = bi * kv_heads + h / rep;
+        let qi = (h % rep) * rows + r;
+        let at = |c: usize| &part[((unit * chunks + c) * nq + qi) * stride..][..stride];
+        let m = (0..chunks).fold(f32::NEG_INFINITY, |m, c| m.max(at(c)[0]));
+        if m == f32::NEG_INFINITY {
+            return;
+        }
+        let mut total = 0f32;
+        for c in 0..chunks {
+            let p = at(c);
+            if p[0] == f32::NEG_INFINITY {
+                continue;
+            }
+            let w = (p[0] - m).exp();
+            total += w * p[1];
+            for (x, &y) in o.iter_mut().zip(&p[2..]) {
+                *x += w * y;
+            }
+        }
+        let inv = 1.0 / total;
+        for x in o.iter_mut() {
+            *x *= inv;
+        }
+    });
+    out
 }
 
 /// Applies rotary embeddings (rotate-half form) to `x` `[b·l, heads·d]` at `positions` (one per
@@ -1004,25 +1170,35 @@ mod tests {
 
     #[test]
     fn attention_kernel_matches_reference_math() {
-        // 150 query rows (prompt path: Kᵀ materialised, two row blocks) and 1 (decode path).
-        attention_case(150);
-        attention_case(1);
+        // 150 query rows (prompt path: Kᵀ materialised, two row blocks).
+        attention_case(150, 5, 8);
+        // A few rows (decode path, by KV head): few keys; keys over several chunks and blocks;
+        // a head width that is not a multiple of 8. Also on 8 threads, which split the keys of
+        // each KV head into chunks whatever this machine's core count.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(8)
+            .build()
+            .unwrap();
+        for (rows, extra, d) in [(1, 5, 8), (3, 300, 8), (2, 150, 12)] {
+            attention_case(rows, extra, d);
+            pool.install(|| attention_case(rows, extra, d));
+        }
     }
 
-    fn attention_case(rows: usize) {
+    fn attention_case(rows: usize, extra: usize, d: usize) {
         let dev = Device::Cpu;
         // q in the projection layout [b, rows, heads, d]; k, v in the cache layout
         // [b, kv_heads, cap, d] with cap > keys; grouped-query (4 query heads over 2).
-        let (b, qh, kvh, d) = (2usize, 4usize, 2usize, 8usize);
-        let (keys, cap) = (rows + 5, rows + 20);
+        let (b, qh, kvh) = (2usize, 4usize, 2usize);
+        let (keys, cap) = (rows + extra, rows + extra + 15);
         let q = Tensor::randn(0f32, 1.0, (b, rows, qh, d), &dev).unwrap();
         let k = Tensor::randn(0f32, 1.0, (b, kvh, cap, d), &dev).unwrap();
         let v = Tensor::randn(0f32, 1.0, (b, kvh, cap, d), &dev).unwrap();
         let scale = 0.35f32;
         let past = keys - rows;
         let mut key_mask = vec![1u8; b * keys];
-        key_mask[keys] = 0; // batch row 1: first key is padding
-        key_mask[keys + 1] = 0;
+        // Batch row 1: its first keys are padding (a whole chunk of them with many keys).
+        key_mask[keys..keys + (keys / 3).max(2)].fill(0);
         let naive = |causal: bool, mask: bool| -> Tensor {
             let qt = q.transpose(1, 2).unwrap().contiguous().unwrap(); // [b, qh, rows, d]
             let kk = k.narrow(2, 0, keys).unwrap().contiguous().unwrap();

@@ -201,6 +201,40 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// `out[j] = Σ_p q[p] · w[j·q.len() + p]` for every row `j` of `w`.
+#[inline(always)]
+fn dot_rows_body<const FMA: bool>(out: &mut [f32], q: &[f32], w: &[f32]) {
+    let d = q.len();
+    if d == 0 || d % 8 != 0 {
+        for (o, wr) in out.iter_mut().zip(w.chunks_exact(d.max(1))) {
+            *o = dot_body(q, wr);
+        }
+        return;
+    }
+    let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
+    // Eight rows at a time, each with its own 8-lane accumulator: the loads of q are shared and
+    // the lanes are summed once per row, not per element (head widths are short, 64 in SmolVLM).
+    const R: usize = 8;
+    let mut blocks = out.chunks_exact_mut(R).zip(w.chunks_exact(R * d));
+    for (o, wb) in &mut blocks {
+        let mut acc = [[0f32; 8]; R];
+        for (c, qc) in q.chunks_exact(8).enumerate() {
+            for (a, wr) in acc.iter_mut().zip(wb.chunks_exact(d)) {
+                for ((a, &x), &y) in a.iter_mut().zip(qc).zip(&wr[c * 8..c * 8 + 8]) {
+                    *a = fma(x, y, *a);
+                }
+            }
+        }
+        for (o, a) in o.iter_mut().zip(&acc) {
+            *o = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+        }
+    }
+    let done = out.len() / R * R;
+    for (o, wr) in out[done..].iter_mut().zip(w[done * d..].chunks_exact(d)) {
+        *o = dot_body(q, wr);
+    }
+}
+
 /// `acc[c] += Σ_r x[r] · w[r·n + c]` with `n = acc.len()`, four rows of `w` per pass over `acc`.
 #[inline(always)]
 fn axpy_rows_body<const FMA: bool>(acc: &mut [f32], x: &[f32], w: &[f32]) {
@@ -281,6 +315,16 @@ dispatch! {
 dispatch! {
     /// `Σ a_i b_i`.
     fn dot(a: &[f32], b: &[f32]) -> f32 = dot_body
+}
+
+dispatch! {
+    /// `out[j] = q · w[j·q.len()..(j+1)·q.len()]` (one dot product per row of a row-major matrix).
+    fn dot_rows(out: &mut [f32], q: &[f32], w: &[f32]) -> () = dot_rows_body::<FMA>
+}
+
+dispatch! {
+    /// The largest element (`-∞` for an empty slice).
+    fn max(row: &[f32]) -> f32 = max_body
 }
 
 dispatch! {
@@ -398,5 +442,20 @@ mod tests {
         let d = dot(&x, &g);
         let want: f64 = x.iter().zip(&g).map(|(&a, &b)| a as f64 * b as f64).sum();
         assert!((d as f64 - want).abs() < 1e-3, "{d} {want}");
+        let mut rows = [0f32; 10];
+        dot_rows(&mut rows, &x[..100], &g);
+        for (j, &r) in rows.iter().enumerate() {
+            let want: f64 = x[..100]
+                .iter()
+                .zip(&g[j * 100..])
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum();
+            assert!((r as f64 - want).abs() < 1e-3, "row {j}: {r} {want}");
+        }
+        assert_eq!(
+            max(&x[..999]),
+            x[..999].iter().fold(f32::MIN, |m, &v| m.max(v))
+        );
+        assert_eq!(max(&[]), f32::NEG_INFINITY);
     }
 }
