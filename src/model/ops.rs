@@ -424,9 +424,39 @@ pub fn store_transposed(w: Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(t, (k, n), w.device())?.t()?)
 }
 
+/// An empty f32 buffer with capacity for `len` elements, for data read whole at every decode
+/// step: on Linux the kernel is asked to back it with huge pages before its pages are first
+/// touched, so streaming it takes far fewer TLB misses (a 512 MiB sum on 2 cores, alternating
+/// in one process: 22-23 → 25-29 GB/s median).
+pub fn streamed_buffer(len: usize) -> Vec<f32> {
+    let v: Vec<f32> = Vec::with_capacity(len);
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let addr = v.as_ptr() as usize;
+        let (start, end) = (
+            addr.next_multiple_of(PAGE),
+            (addr + len * std::mem::size_of::<f32>()) / PAGE * PAGE,
+        );
+        // Only a range that can hold an aligned 2 MiB page gains anything.
+        if end > start && end - start >= 2 << 20 {
+            // SAFETY: [start, end) lies inside this live allocation; the advice changes how the
+            // kernel backs its pages, never their contents. A refusal (no THP) changes nothing.
+            let _ = unsafe {
+                rustix::mm::madvise(
+                    start as *mut std::ffi::c_void,
+                    end - start,
+                    rustix::mm::Advice::LinuxHugepage,
+                )
+            };
+        }
+    }
+    v
+}
+
 /// `[k, n]` row-major from an `[n, k]` row-major source whose element `i` is `src(i)`.
 pub(crate) fn transpose_f32(n: usize, k: usize, src: impl Fn(usize) -> f32 + Sync) -> Vec<f32> {
-    let mut t: Vec<f32> = Vec::with_capacity(n * k);
+    let mut t = streamed_buffer(n * k);
     if n == 0 || k == 0 {
         return t;
     }
@@ -1086,6 +1116,16 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap()
+    }
+
+    #[test]
+    fn streamed_buffer_is_an_empty_buffer_of_that_capacity() {
+        for len in [0, 5, 3 << 20] {
+            let mut v = streamed_buffer(len);
+            assert!(v.is_empty() && v.capacity() >= len);
+            v.resize(len, 2.0);
+            assert!(v.iter().all(|&x| x == 2.0));
+        }
     }
 
     #[test]
