@@ -49,6 +49,45 @@ impl Linear {
         self.forward_impl(x, None, lora)
     }
 
+    /// `[layer(x) for layer in layers]` (plus their LoRA updates), for projections of the same
+    /// input: a few rows (decode) on the CPU in f32 run as one parallel pass over all the
+    /// weights, anything else one layer at a time.
+    pub fn forward_many(layers: &[&Linear], x: &Tensor, lora: &LoraSet) -> Result<Vec<Tensor>> {
+        let dims = x.dims().to_vec();
+        let in_dim = dims[dims.len() - 1];
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let x2 = x.reshape((rows, in_dim))?;
+        let mut weights = Vec::with_capacity(layers.len());
+        for l in layers {
+            match lora.replacement(&l.name) {
+                Some((w, None)) => weights.push(w),
+                None if l.bias.is_none() => weights.push(&l.weight),
+                _ => break,
+            }
+        }
+        let fused = if weights.len() == layers.len() {
+            crate::model::ops::linear_many(&x2, &weights)?
+        } else {
+            None
+        };
+        let Some(ys) = fused else {
+            return layers.iter().map(|l| l.forward(x, lora)).collect();
+        };
+        layers
+            .iter()
+            .zip(ys)
+            .map(|(l, mut y)| {
+                let pairs = lora.pairs(&l.name);
+                if !pairs.is_empty() {
+                    y = lora::apply(&x2, y, pairs)?;
+                }
+                let mut out_dims = dims.clone();
+                out_dims[dims.len() - 1] = l.out_dim();
+                Ok(y.reshape(out_dims)?)
+            })
+            .collect()
+    }
+
     /// `residual + layer(x)`, the sum formed inside the product on the CPU (one pass fewer).
     pub fn forward_residual(
         &self,

@@ -340,14 +340,34 @@ fn skinny(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, out: &mut [f32]) -
     Ok(())
 }
 
-/// `out[i, :] += x[i, :] Wᵀ` for a few rows with the weight stored transposed (`wt` `[k, n]`):
-/// tasks take contiguous row ranges of `wt` (one sequential stream each) into their own partial
-/// sums, which are then added up.
+/// `out[i, :] += x[i, :] Wᵀ` for a few rows with the weight stored transposed (`wt` `[k, n]`).
 fn skinny_t(x: &[f32], wt: &[f32], m: usize, n: usize, k: usize, out: &mut [f32]) -> Result<()> {
-    if x.len() != m * k || wt.len() != n * k || out.len() != m * n {
+    skinny_t_many(x, &[(wt, n)], m, k, &mut [out])
+}
+
+/// `outs[w][i, :] += x[i, :] W_wᵀ` for a few rows of `x` `[m, k]` and several weights stored
+/// transposed (`wts[w] = (wt, n)`, `wt` `[k, n]`), in one parallel pass: tasks take the same
+/// contiguous row range of every `wt` (one sequential stream each) into their own partial sums,
+/// which are then added up. One pass over all a layer's projections of the same input pays the
+/// fork, join and stream start-up of a parallel pass once instead of once per projection.
+fn skinny_t_many(
+    x: &[f32],
+    wts: &[(&[f32], usize)],
+    m: usize,
+    k: usize,
+    outs: &mut [&mut [f32]],
+) -> Result<()> {
+    if x.len() != m * k
+        || wts.len() != outs.len()
+        || wts
+            .iter()
+            .zip(outs.iter())
+            .any(|(&(wt, n), out)| wt.len() != n * k || out.len() != m * n)
+    {
         return Err(Error::Internal("skinny_t: operand sizes".into()));
     }
-    if k == 0 || n == 0 {
+    let total: usize = wts.iter().map(|&(_, n)| n).sum();
+    if k == 0 || total == 0 {
         return Ok(());
     }
     // A few tasks per thread balance the load; rows per task stay a multiple of 4 (the kernel's
@@ -357,34 +377,89 @@ fn skinny_t(x: &[f32], wt: &[f32], m: usize, n: usize, k: usize, out: &mut [f32]
     let tasks = k.div_ceil(per);
     // With several rows of x, four rows of wt at a time stay in L1 while every x row uses them.
     let group = if m == 1 { per } else { 4 };
-    let mut part = vec![0f32; tasks * m * n];
-    part.par_chunks_mut(m * n).enumerate().for_each(|(t, p)| {
-        let (r0, r1) = (t * per, ((t + 1) * per).min(k));
-        let mut g = r0;
-        while g < r1 {
-            let g1 = (g + group).min(r1);
-            let wb = &wt[g * n..g1 * n];
-            for (i, acc) in p.chunks_mut(n).enumerate() {
-                simd::axpy_rows(acc, &x[i * k + g..i * k + g1], wb);
+    // Each task's partial sums: for each weight in turn, [m, n].
+    let mut part = vec![0f32; tasks * m * total];
+    part.par_chunks_mut(m * total)
+        .enumerate()
+        .for_each(|(t, p)| {
+            let (r0, r1) = (t * per, ((t + 1) * per).min(k));
+            let mut p = p;
+            for &(wt, n) in wts {
+                let (pw, rest) = p.split_at_mut(m * n);
+                p = rest;
+                let mut g = r0;
+                while g < r1 {
+                    let g1 = (g + group).min(r1);
+                    let wb = &wt[g * n..g1 * n];
+                    for (i, acc) in pw.chunks_mut(n).enumerate() {
+                        simd::axpy_rows(acc, &x[i * k + g..i * k + g1], wb);
+                    }
+                    g = g1;
+                }
             }
-            g = g1;
-        }
-    });
-    let add = |(o, j): (&mut [f32], usize)| {
-        for p in part.chunks(m * n) {
-            for (d, &v) in o.iter_mut().zip(&p[j..]) {
-                *d += v;
+        });
+    let mut at = 0;
+    for (&(_, n), out) in wts.iter().zip(outs.iter_mut()) {
+        let add = |(o, j): (&mut [f32], usize)| {
+            for p in part.chunks(m * total) {
+                for (d, &v) in o.iter_mut().zip(&p[at + j..]) {
+                    *d += v;
+                }
             }
+        };
+        if tasks * m * n < (1 << 16) {
+            add((out, 0));
+        } else {
+            out.par_chunks_mut(CHUNK)
+                .enumerate()
+                .for_each(|(c, o)| add((o, c * CHUNK)));
         }
-    };
-    if tasks * m * n < (1 << 16) {
-        add((out, 0));
-    } else {
-        out.par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(c, o)| add((o, c * CHUNK)));
+        at += m * n;
     }
     Ok(())
+}
+
+/// `[x Wᵀ for W in ws]` for a few rows of `x` `[m, k]` (decode) and weights stored transposed
+/// (see [`store_transposed`]), all in one parallel pass; `None` when that path does not apply
+/// (more rows, another layout, device or dtype), for the caller to run [`linear`] per weight.
+pub fn linear_many(x: &Tensor, ws: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
+    if !fast_path(x)
+        || ws
+            .iter()
+            .any(|w| weight_layout(w) != Some(WeightLayout::Transposed))
+    {
+        return Ok(None);
+    }
+    let (m, k) = x.dims2()?;
+    if m > SKINNY_ROWS || ws.iter().any(|w| w.dims()[1] != k) {
+        return Ok(None);
+    }
+    let ns: Vec<usize> = ws.iter().map(|w| w.dims()[0]).collect();
+    let mut outs: Vec<Vec<f32>> = ns.iter().map(|&n| vec![0f32; m * n]).collect();
+    {
+        let (xg, xl) = x.storage_and_layout();
+        let xs = f32_slice(&xg, xl)?;
+        let guards: Vec<_> = ws.iter().map(|w| w.storage_and_layout()).collect();
+        let mut wts = Vec::with_capacity(ws.len());
+        for (&n, (g, l)) in ns.iter().zip(&guards) {
+            let s = match &**g {
+                Storage::Cpu(CpuStorage::F32(v)) => {
+                    v.get(l.start_offset()..l.start_offset() + n * k)
+                }
+                _ => None,
+            }
+            .ok_or_else(|| Error::Internal("linear_many: transposed weight storage".into()))?;
+            wts.push((s, n));
+        }
+        let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        skinny_t_many(xs, &wts, m, k, &mut views)?;
+    }
+    let ys = outs
+        .into_iter()
+        .zip(&ns)
+        .map(|(o, &n)| Tensor::from_vec(o, (m, n), x.device()))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Some(ys))
 }
 
 /// How a weight `[n, k]` usable by [`linear`]'s fast path is laid out.
@@ -1156,6 +1231,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn linear_many_matches_one_product_per_weight() {
+        let dev = Device::Cpu;
+        // Three weights of one input width (k = 201: a remainder after the 4-row unroll), one
+        // wide enough that its partial sums are added in parallel.
+        let k = 201;
+        let ws: Vec<Tensor> = [131usize, 40, 3000]
+            .iter()
+            .map(|&n| store_transposed(Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap()).unwrap())
+            .collect();
+        let refs: Vec<&Tensor> = ws.iter().collect();
+        for m in [1usize, 3, 8] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let got = linear_many(&x, &refs).unwrap().unwrap();
+            assert_eq!(got.len(), ws.len());
+            for (g, w) in got.iter().zip(&ws) {
+                let want = x.matmul(&w.t().unwrap()).unwrap();
+                assert!(max_diff(g, &want) < 1e-4, "m {m} n {}", w.dims()[0]);
+            }
+        }
+        // More rows (prefill), or a weight not stored transposed: not this path.
+        let x = Tensor::randn(0f32, 1.0, (9, k), &dev).unwrap();
+        assert!(linear_many(&x, &refs).unwrap().is_none());
+        let plain = Tensor::randn(0f32, 1.0, (7, k), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, k), &dev).unwrap();
+        assert!(linear_many(&x, &[&ws[0], &plain]).unwrap().is_none());
     }
 
     #[test]

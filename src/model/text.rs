@@ -304,15 +304,15 @@ impl TextModel {
                 };
                 let h1 = layer.attn.o.forward_residual(&o, &h, lora)?;
                 let x = layer.post_ln.forward(&h1)?;
-                let g = layer.mlp.gate.forward(&x, lora)?;
-                let u = layer.mlp.up.forward(&x, lora)?;
+                let gu = Linear::forward_many(&[&layer.mlp.gate, &layer.mlp.up], &x, lora)?;
+                let (g, u) = (&gu[0], &gu[1]);
                 let fused = match self.cfg.hidden_act {
-                    Activation::Silu => crate::model::ops::silu_mul(&g, &u)?,
+                    Activation::Silu => crate::model::ops::silu_mul(g, u)?,
                     _ => None,
                 };
                 let a = match fused {
                     Some(a) => a,
-                    None => (activate(&g, self.cfg.hidden_act)? * u)?,
+                    None => (activate(g, self.cfg.hidden_act)? * u)?,
                 };
                 h = layer.mlp.down.forward_residual(&a, &h1, lora)?;
             }
@@ -470,16 +470,22 @@ impl TextModel {
         let (b, l, _) = x.dims3()?;
         let (nh, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         // Query rows: all, or only the last of each batch row.
-        let (lq, q_pos, q) = if last_only {
+        let (lq, q_pos, q, k, v) = if last_only {
             let pos: Vec<u32> = (0..b).map(|bi| host.positions[bi * l + l - 1]).collect();
             let xq = x.narrow(1, l - 1, 1)?.contiguous()?;
-            (1, Cow::Owned(pos), layer.attn.q.forward(&xq, lora)?)
+            let q = layer.attn.q.forward(&xq, lora)?;
+            let k = layer.attn.k.forward(x, lora)?;
+            let v = layer.attn.v.forward(x, lora)?;
+            (1, Cow::Owned(pos), q, k, v)
         } else {
             let pos = Cow::Borrowed(host.positions.as_slice());
-            (l, pos, layer.attn.q.forward(x, lora)?)
+            let a = &layer.attn;
+            let mut qkv = Linear::forward_many(&[&a.q, &a.k, &a.v], x, lora)?.into_iter();
+            match (qkv.next(), qkv.next(), qkv.next()) {
+                (Some(q), Some(k), Some(v)) => (l, pos, q, k, v),
+                _ => return Err(Error::Internal("q/k/v projections".into())),
+            }
         };
-        let k = layer.attn.k.forward(x, lora)?;
-        let v = layer.attn.v.forward(x, lora)?;
         let dev = x.device();
         let (qr, kr, vt) = {
             let (cg, cl) = self.rope.cos.storage_and_layout();
