@@ -304,15 +304,17 @@ impl TextModel {
                 };
                 let h1 = layer.attn.o.forward_residual(&o, &h, lora)?;
                 let x = layer.post_ln.forward(&h1)?;
-                let gu = Linear::forward_many(&[&layer.mlp.gate, &layer.mlp.up], &x, lora)?;
-                let (g, u) = (&gu[0], &gu[1]);
+                let [g, u]: [Tensor; 2] =
+                    Linear::forward_many(&[&layer.mlp.gate, &layer.mlp.up], &x, lora)?
+                        .try_into()
+                        .map_err(|_| Error::Internal("gate/up projections".into()))?;
                 let fused = match self.cfg.hidden_act {
-                    Activation::Silu => crate::model::ops::silu_mul(g, u)?,
+                    Activation::Silu => crate::model::ops::silu_mul(&g, &u)?,
                     _ => None,
                 };
                 let a = match fused {
                     Some(a) => a,
-                    None => (activate(g, self.cfg.hidden_act)? * u)?,
+                    None => (activate(&g, self.cfg.hidden_act)? * u)?,
                 };
                 h = layer.mlp.down.forward_residual(&a, &h1, lora)?;
             }
@@ -480,11 +482,10 @@ impl TextModel {
         } else {
             let pos = Cow::Borrowed(host.positions.as_slice());
             let a = &layer.attn;
-            let mut qkv = Linear::forward_many(&[&a.q, &a.k, &a.v], x, lora)?.into_iter();
-            match (qkv.next(), qkv.next(), qkv.next()) {
-                (Some(q), Some(k), Some(v)) => (l, pos, q, k, v),
-                _ => return Err(Error::Internal("q/k/v projections".into())),
-            }
+            let [q, k, v]: [Tensor; 3] = Linear::forward_many(&[&a.q, &a.k, &a.v], x, lora)?
+                .try_into()
+                .map_err(|_| Error::Internal("q/k/v projections".into()))?;
+            (l, pos, q, k, v)
         };
         let dev = x.device();
         let (qr, kr, vt) = {
