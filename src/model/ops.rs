@@ -692,7 +692,16 @@ pub fn attention_raw(
     }
     let rep = q_heads / kv_heads;
     if rows <= DECODE_ROWS && kl.row == d && vl.row == d {
-        return Ok(attention_by_kv_head(sh, q, ql, k, kl, v, vl, key_mask));
+        let operands = Operands {
+            q,
+            ql,
+            k,
+            kl,
+            v,
+            vl,
+            key_mask,
+        };
+        return Ok(attention_by_kv_head(sh, operands));
     }
     // Row blocks keep a block's scores in L2 and give the threads enough tasks; small enough
     // that causal blocks compute few scores above the diagonal.
@@ -844,6 +853,18 @@ pub fn attention_raw(
     Ok(out)
 }
 
+/// The buffers of one [`attention_raw`] call and how their heads are laid out.
+#[derive(Clone, Copy)]
+struct Operands<'a> {
+    q: &'a [f32],
+    ql: HeadLayout,
+    k: &'a [f32],
+    kl: HeadLayout,
+    v: &'a [f32],
+    vl: HeadLayout,
+    key_mask: Option<&'a [u8]>,
+}
+
 /// Query rows per head up to which [`attention_raw`] runs [`attention_by_kv_head`].
 const DECODE_ROWS: usize = 8;
 
@@ -861,27 +882,18 @@ const SUB: usize = 32;
 /// softmax maximum, sum and weighted values; the chunks are then combined exactly.
 ///
 /// The caller has checked the shape, the buffer extents and `kl.row == vl.row == d`.
-#[allow(clippy::too_many_arguments)]
-fn attention_by_kv_head(
-    sh: &AttentionShape,
-    q: &[f32],
-    ql: HeadLayout,
-    k: &[f32],
-    kl: HeadLayout,
-    v: &[f32],
-    vl: HeadLayout,
-    key_mask: Option<&[u8]>,
-) -> Vec<f32> {
-    let AttentionShape {
-        batch,
-        q_heads,
-        kv_heads,
-        rows,
-        keys,
-        d,
-        scale,
-        causal,
-    } = *sh;
+fn attention_by_kv_head(sh: &AttentionShape, operands: Operands) -> Vec<f32> {
+    let Operands {
+        q,
+        ql,
+        k,
+        kl,
+        v,
+        vl,
+        key_mask,
+    } = operands;
+    let (batch, q_heads, kv_heads, rows) = (sh.batch, sh.q_heads, sh.kv_heads, sh.rows);
+    let (keys, d, scale, causal) = (sh.keys, sh.d, sh.scale, sh.causal);
     let rep = q_heads / kv_heads;
     // Query rows per task, ordered (query head of the group, row).
     let nq = rep * rows;
