@@ -59,10 +59,9 @@ impl Linear {
         let x2 = x.reshape((rows, in_dim))?;
         let mut weights = Vec::with_capacity(layers.len());
         for l in layers {
-            match lora.replacement(&l.name) {
-                Some((w, None)) => weights.push(w),
-                None if l.bias.is_none() => weights.push(&l.weight),
-                _ => break,
+            match l.weight_and_bias(lora) {
+                (w, None) => weights.push(w),
+                (_, Some(_)) => break,
             }
         }
         let fused = if weights.len() == layers.len() {
@@ -76,16 +75,28 @@ impl Linear {
         layers
             .iter()
             .zip(ys)
-            .map(|(l, mut y)| {
-                let pairs = lora.pairs(&l.name);
-                if !pairs.is_empty() {
-                    y = lora::apply(&x2, y, pairs)?;
-                }
-                let mut out_dims = dims.clone();
-                out_dims[dims.len() - 1] = l.out_dim();
-                Ok(y.reshape(out_dims)?)
-            })
+            .map(|(l, y)| l.finish(&x2, y, &dims, lora))
             .collect()
+    }
+
+    /// The weight and bias in use: a merged LoRA replacement's, else this layer's own.
+    fn weight_and_bias<'a>(&'a self, lora: &'a LoraSet) -> (&'a Tensor, Option<&'a Tensor>) {
+        match lora.replacement(&self.name) {
+            Some((w, b)) => (w, b.as_ref()),
+            None => (&self.weight, self.bias.as_ref()),
+        }
+    }
+
+    /// Adds the LoRA updates to the product `y` of the 2-D input `x2` and restores the input's
+    /// leading dimensions `dims`.
+    fn finish(&self, x2: &Tensor, mut y: Tensor, dims: &[usize], lora: &LoraSet) -> Result<Tensor> {
+        let pairs = lora.pairs(&self.name);
+        if !pairs.is_empty() {
+            y = lora::apply(x2, y, pairs)?;
+        }
+        let mut out_dims = dims.to_vec();
+        out_dims[dims.len() - 1] = self.out_dim();
+        Ok(y.reshape(out_dims)?)
     }
 
     /// `residual + layer(x)`, the sum formed inside the product on the CPU (one pass fewer).
@@ -107,17 +118,14 @@ impl Linear {
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let (weight, bias) = match lora.replacement(&self.name) {
-            Some((w, b)) => (w, b.as_ref()),
-            None => (&self.weight, self.bias.as_ref()),
-        };
+        let (weight, bias) = self.weight_and_bias(lora);
         // A 2-D matmul against the transposed weight avoids a broadcasted batch matmul.
         let x2 = x.reshape((rows, in_dim))?;
         let res2 = match residual {
             Some(r) => Some(r.reshape((rows, self.out_dim()))?),
             None => None,
         };
-        let mut y = match crate::model::ops::linear(&x2, weight, bias, res2.as_ref())? {
+        let y = match crate::model::ops::linear(&x2, weight, bias, res2.as_ref())? {
             Some(y) => y,
             None => {
                 let mut y = x2.matmul(&weight.t()?)?;
@@ -130,14 +138,7 @@ impl Linear {
                 y
             }
         };
-        let pairs = lora.pairs(&self.name);
-        if !pairs.is_empty() {
-            y = lora::apply(&x2, y, pairs)?;
-        }
-        let mut out_dims = dims;
-        let last = out_dims.len() - 1;
-        out_dims[last] = self.out_dim();
-        Ok(y.reshape(out_dims)?)
+        self.finish(&x2, y, &dims, lora)
     }
 }
 

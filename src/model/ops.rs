@@ -75,6 +75,16 @@ pub(crate) fn f32_slice<'a>(st: &'a Storage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
+/// The `len` elements of a weight stored transposed (see [`store_transposed`]), from its
+/// storage guard and (non-contiguous) layout.
+fn transposed_f32<'a>(st: &'a Storage, l: &Layout, len: usize) -> Result<&'a [f32]> {
+    match st {
+        Storage::Cpu(CpuStorage::F32(v)) => v.get(l.start_offset()..l.start_offset() + len),
+        _ => None,
+    }
+    .ok_or_else(|| Error::Internal("transposed weight storage".into()))
+}
+
 /// `dst[i·dst_rs + j] (+)= Σ_p a[i·a_rs + p] · b[p·b_rs + j·b_cs]` for an `m×n` block, on the
 /// calling thread (callers split the work across threads themselves).
 ///
@@ -177,11 +187,10 @@ pub fn linear(
     let xs = f32_slice(&xg, xl)?;
     let transposed = layout == Some(WeightLayout::Transposed);
     let (wg, wl) = w.storage_and_layout();
-    let ws = match (&*wg, transposed) {
-        (Storage::Cpu(CpuStorage::F32(v)), true) => v
-            .get(wl.start_offset()..wl.start_offset() + n * k)
-            .ok_or_else(|| Error::Internal("linear: transposed weight storage".into()))?,
-        _ => f32_slice(&wg, wl)?,
+    let ws = if transposed {
+        transposed_f32(&wg, wl, n * k)?
+    } else {
+        f32_slice(&wg, wl)?
     };
     if ws.len() != n * k || xs.len() != m * k {
         return Err(Error::Internal("linear: operand sizes".into()));
@@ -442,14 +451,7 @@ pub fn linear_many(x: &Tensor, ws: &[&Tensor]) -> Result<Option<Vec<Tensor>>> {
         let guards: Vec<_> = ws.iter().map(|w| w.storage_and_layout()).collect();
         let mut wts = Vec::with_capacity(ws.len());
         for (&n, (g, l)) in ns.iter().zip(&guards) {
-            let s = match &**g {
-                Storage::Cpu(CpuStorage::F32(v)) => {
-                    v.get(l.start_offset()..l.start_offset() + n * k)
-                }
-                _ => None,
-            }
-            .ok_or_else(|| Error::Internal("linear_many: transposed weight storage".into()))?;
-            wts.push((s, n));
+            wts.push((transposed_f32(g, l, n * k)?, n));
         }
         let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
         skinny_t_many(xs, &wts, m, k, &mut views)?;
