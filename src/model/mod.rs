@@ -3,6 +3,7 @@
 pub mod connector;
 pub mod linear;
 pub mod ops;
+pub(crate) mod pool;
 pub(crate) mod simd;
 pub mod text;
 pub mod vision;

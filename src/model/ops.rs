@@ -271,20 +271,6 @@ thread_local! {
     static SINGLE_THREADED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Runs `f` on a thread of Rayon's pool (directly when already on one), so the parallel
-/// kernels inside it are split from a pool thread instead of being handed over from this one.
-///
-/// A thread outside the pool blocks and is woken again at every parallel kernel, and a decode
-/// step runs a few hundred of them (in-process A/B on the 256M model, 2 cores: 33-44 →
-/// 26-34 ms/token).
-pub(crate) fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() {
-        f()
-    } else {
-        rayon::scope(|_| f())
-    }
-}
-
 /// Runs `f` with [`linear`]'s products on this thread kept single-threaded (for callers that
 /// already give every thread its own work).
 pub(crate) fn single_threaded_products<R>(f: impl FnOnce() -> R) -> R {
@@ -379,9 +365,11 @@ fn skinny_t_many(
     if k == 0 || total == 0 {
         return Ok(());
     }
-    // A few tasks per thread balance the load; rows per task stay a multiple of 4 (the kernel's
+    // One task per thread: each streams one long contiguous range, with the fewest partial sums
+    // to add up (decode on the 256M model, 2 cores, alternating runs: 25.3-26.7 ms/token against
+    // 26.3-27.5 with four tasks per thread). Rows per task stay a multiple of 4 (the kernel's
     // unroll).
-    let tasks = (rayon::current_num_threads() * 4).clamp(1, k.div_ceil(16));
+    let tasks = rayon::current_num_threads().clamp(1, k.div_ceil(16));
     let per = k.div_ceil(tasks).next_multiple_of(4);
     let tasks = k.div_ceil(per);
     // With several rows of x, four rows of wt at a time stay in L1 while every x row uses them.

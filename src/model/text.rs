@@ -244,8 +244,8 @@ impl TextModel {
         lora: &LoraSet,
     ) -> Result<Tensor> {
         // On a pool thread, the parallel kernels below are not each handed over from a blocked
-        // caller thread (see `ops::on_pool`).
-        crate::model::ops::on_pool(|| {
+        // caller thread, and the other workers stay awake between them (see `pool::on_pool`).
+        crate::model::pool::on_pool(|| {
             let (b, l, _) = embeds.dims3()?;
             let past = cache.len;
             let total = past + l;
