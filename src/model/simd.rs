@@ -235,23 +235,28 @@ fn dot_rows_body<const FMA: bool>(out: &mut [f32], q: &[f32], w: &[f32]) {
     }
 }
 
-/// `acc[c] += Σ_r x[r] · w[r·n + c]` with `n = acc.len()`, four rows of `w` per pass over `acc`.
+/// `acc[c] += Σ_r x[r] · w[r·n + c]` with `n = acc.len()`: the rows as four contiguous
+/// quarters read side by side, one row of each per pass over `acc`.
+///
+/// Four long sequential streams, not four adjacent rows: with rows of 576 floats the prefetchers
+/// start over at every row (one core, 512 MiB of `[576, 576]` weights: 11.7 → 15.0 GB/s).
 #[inline(always)]
 fn axpy_rows_body<const FMA: bool>(acc: &mut [f32], x: &[f32], w: &[f32]) {
     let n = acc.len();
+    if n == 0 {
+        return;
+    }
     let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
-    let mut quads = w.chunks_exact(4 * n).zip(x.chunks_exact(4));
-    for (wq, xq) in &mut quads {
-        let (w0, rest) = wq.split_at(n);
-        let (w1, rest) = rest.split_at(n);
-        let (w2, w3) = rest.split_at(n);
-        let (x0, x1, x2, x3) = (xq[0], xq[1], xq[2], xq[3]);
+    let q = x.len() / 4;
+    let quarter = |j: usize| w.chunks_exact(n).skip(j * q).take(q);
+    let rows = quarter(0).zip(quarter(1)).zip(quarter(2)).zip(quarter(3));
+    for (i, (((w0, w1), w2), w3)) in rows.enumerate() {
+        let (x0, x1, x2, x3) = (x[i], x[q + i], x[2 * q + i], x[3 * q + i]);
         for ((((a, &v0), &v1), &v2), &v3) in acc.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
             *a = fma(x3, v3, fma(x2, v2, fma(x1, v1, fma(x0, v0, *a))));
         }
     }
-    let done = x.len() / 4 * 4;
-    for (wr, &xr) in w[done * n..].chunks_exact(n).zip(&x[done..]) {
+    for (wr, &xr) in w.chunks_exact(n).skip(4 * q).zip(&x[4 * q..]) {
         for (a, &v) in acc.iter_mut().zip(wr) {
             *a = fma(xr, v, *a);
         }
@@ -335,6 +340,34 @@ dispatch! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn axpy_rows_matches_the_plain_sum_for_every_row_count() {
+        for rows in 0..14usize {
+            for n in [0usize, 1, 17, 64] {
+                let x: Vec<f32> = (0..rows).map(|r| 0.5 - r as f32 * 0.37).collect();
+                let w: Vec<f32> = (0..rows * n)
+                    .map(|i| ((i * 7919) % 23) as f32 - 11.0)
+                    .collect();
+                let mut acc: Vec<f32> = (0..n).map(|c| c as f32 * 0.25).collect();
+                let want: Vec<f64> = (0..n)
+                    .map(|c| {
+                        acc[c] as f64
+                            + (0..rows)
+                                .map(|r| x[r] as f64 * w[r * n + c] as f64)
+                                .sum::<f64>()
+                    })
+                    .collect();
+                axpy_rows(&mut acc, &x, &w);
+                for (c, (&a, &b)) in acc.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a as f64 - b).abs() < 1e-4,
+                        "rows {rows} n {n} col {c}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn accurate_exp_agrees_with_libm() {
