@@ -10,6 +10,7 @@ pub mod ffi;
 pub mod fsio;
 pub mod generate;
 pub mod hub;
+pub mod kernels;
 pub mod lora;
 pub mod merge;
 pub mod metrics;

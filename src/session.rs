@@ -36,6 +36,10 @@ pub struct LoadOptions {
     /// Bounds on config values, safetensors headers and adapter ranks (also used by
     /// [`Model::load_adapter`]).
     pub config_limits: ConfigLimits,
+    /// Keep the decoder layers' linear weights as NF4 only, quantised tensor by tensor as they
+    /// are read (the QLoRA base of bitsandbytes' `load_in_4bit`: blocks of 64, double
+    /// quantisation); no f32 copy of them is ever held.
+    pub nf4_decoder: bool,
 }
 
 impl Default for LoadOptions {
@@ -45,6 +49,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             revision: None,
             config_limits: ConfigLimits::default(),
+            nf4_decoder: false,
         }
     }
 }
@@ -178,7 +183,12 @@ impl Model {
             &opts.device,
             opts.config_limits.max_header_bytes,
         )?;
-        let net = Idefics3::load(&weights, &cfg)?;
+        // The trainer's QLoRA quantisation (train::net), so a run gives the same codes either way.
+        let nf4 = opts.nf4_decoder.then_some(crate::quant::nf4::Nf4Config {
+            blocksize: 64,
+            double_quant: true,
+        });
+        let net = Idefics3::load_with(&weights, &cfg, nf4)?;
         drop(weights);
         let processor = Processor::load(dir, &cfg)?;
         let (stop_tokens, pad_token) = special_ids(dir, &processor)?;

@@ -16,13 +16,11 @@ fn root() -> PathBuf {
 }
 
 fn model() -> Arc<Model> {
-    Arc::new(
-        Model::load_dir(
-            &root().join("tests/fixtures/tiny-idefics3"),
-            &LoadOptions::default(),
-        )
-        .unwrap(),
-    )
+    model_with(LoadOptions::default())
+}
+
+fn model_with(opts: LoadOptions) -> Arc<Model> {
+    Arc::new(Model::load_dir(&root().join("tests/fixtures/tiny-idefics3"), &opts).unwrap())
 }
 
 fn examples(list: &Value) -> Vec<Example> {
@@ -82,6 +80,11 @@ fn run_case(name: &str, recompute: bool) -> (f64, f32) {
 }
 
 fn run_case_keyed(name: &str, recompute: bool, keyed: bool) -> (f64, f32) {
+    run_case_on(name, recompute, keyed, model()).0
+}
+
+/// Runs the case `name` on `model`; returns the worst errors and the trainer's resident bytes.
+fn run_case_on(name: &str, recompute: bool, keyed: bool, model: Arc<Model>) -> ((f64, f32), usize) {
     let dir = root().join("tests/fixtures/train").join(name);
     let exp: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
@@ -91,7 +94,7 @@ fn run_case_keyed(name: &str, recompute: bool, keyed: bool) -> (f64, f32) {
         dropout: 0.0,
         ..LoraOptions::default()
     };
-    let mut t = Trainer::new(model(), lora, opts, Some(&dir.join("init"))).unwrap();
+    let mut t = Trainer::new(model, lora, opts, Some(&dir.join("init"))).unwrap();
     let mut worst_loss = 0f64;
     for (i, s) in exp["steps_log"].as_array().unwrap().iter().enumerate() {
         let stats = t.step(&keyed_examples(&s["examples"], keyed)).unwrap();
@@ -149,7 +152,7 @@ fn run_case_keyed(name: &str, recompute: bool, keyed: bool) -> (f64, f32) {
     );
     assert!(worst_w < 1e-5, "{name}: weights differ by {worst_w}");
     let _ = std::fs::remove_dir_all(&tmp);
-    (worst_loss, worst_w)
+    ((worst_loss, worst_w), t.resident_weight_bytes())
 }
 
 fn tempdir(name: &str) -> PathBuf {
@@ -183,6 +186,23 @@ fn vision_lora_and_connector_match_peft() {
 #[test]
 fn qlora_matches_nf4_reference() {
     run_case("qlora", false);
+}
+
+#[test]
+fn qlora_on_a_model_loaded_as_nf4_matches_the_reference_and_holds_less() {
+    // Loaded straight to NF4, the decoder's f32 weights are never held: the same run, fewer
+    // resident bytes than quantising a copy of a dense model's weights.
+    let nf4 = model_with(LoadOptions {
+        nf4_decoder: true,
+        ..LoadOptions::default()
+    });
+    let (_, on_nf4) = run_case_on("qlora", false, false, nf4.clone());
+    let (_, on_dense) = run_case_on("qlora", false, false, model());
+    let dense_model = model().network().resident_weight_bytes();
+    eprintln!("resident weight bytes: NF4-loaded {on_nf4}, dense + NF4 copy {on_dense}, dense model {dense_model}");
+    assert!(on_nf4 < dense_model, "{on_nf4} >= {dense_model}");
+    assert!(on_dense > dense_model, "the NF4 copy is not counted: {on_dense}");
+    assert_eq!(nf4.network().resident_weight_bytes(), on_nf4);
 }
 
 /// The examples of the `text` case, step by step.

@@ -525,6 +525,7 @@ fn load_model(a: &ModelArgs) -> AnyResult<Model> {
         device: smolcap::device::parse_device(&a.device)?,
         revision: a.revision.clone(),
         config_limits: a.limits.to_limits(),
+        ..LoadOptions::default()
     };
     Ok(Model::load(&a.model, &opts)?)
 }
@@ -747,7 +748,7 @@ fn read_bandwidth_gbs(like_weights: bool) -> AnyResult<f64> {
     use rayon::prelude::*;
     let len = 128 * 1024 * 1024;
     let mut v = if like_weights {
-        smolcap::model::ops::streamed_buffer(len)
+        smolcap::kernels::cpu::streamed_buffer(len)
     } else {
         Vec::with_capacity(len)
     };
@@ -1176,7 +1177,12 @@ fn train(a: TrainArgs) -> AnyResult<()> {
     use smolcap::data::DatasetSpec;
     use smolcap::train::run::{run, RunOptions};
     use smolcap::train::{CollateOptions, LoraOptions, TrainOptions};
-    let model = std::sync::Arc::new(Model::load(&a.base_model_id, &LoadOptions::default())?);
+    // QLoRA loads the decoder straight to NF4: its f32 weights are never held.
+    let load = LoadOptions {
+        nf4_decoder: a.use_qlora,
+        ..LoadOptions::default()
+    };
+    let model = std::sync::Arc::new(Model::load(&a.base_model_id, &load)?);
     let lora = LoraOptions {
         r: a.lora_r,
         alpha: a.lora_alpha,

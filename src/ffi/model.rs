@@ -220,6 +220,7 @@ fn load(spec: &str, p: &smolcap_load_params) -> FfiResult<ModelShared> {
         device,
         revision: revision.map(str::to_string),
         config_limits: config_limits(p)?,
+        nf4_decoder: false,
     };
     let t0 = Instant::now();
     let model = Model::load(spec, &opts).map_err(|e| FfiError::from(e).context(spec))?;

@@ -357,8 +357,8 @@ impl Adapter {
             .linears()
             .into_iter()
             .map(|l| {
-                let d = l.weight.dims();
-                (l.name.clone(), (d[1], d[0], l.bias.is_some()))
+                let (out, inp) = l.weight.dims();
+                (l.name.clone(), (inp, out, l.bias.is_some()))
             })
             .collect();
         Self::load_with_shapes(dir, &shapes, model.device())
@@ -370,8 +370,8 @@ impl Adapter {
             .linears()
             .into_iter()
             .map(|l| {
-                let d = l.weight.dims();
-                (l.name.clone(), (d[1], d[0], l.bias.is_some()))
+                let (out, inp) = l.weight.dims();
+                (l.name.clone(), (inp, out, l.bias.is_some()))
             })
             .collect();
         Self::load_with_shapes_limited(dir, &shapes, model.device(), limits)

@@ -26,9 +26,9 @@ impl Connector {
         let proj = Linear::load(
             w,
             &format!("{prefix}.modality_projection.proj"),
-            vision_hidden * scale * scale,
-            text_hidden,
+            (vision_hidden * scale * scale, text_hidden),
             false,
+            None,
         )?;
         Ok(Self { scale, proj })
     }

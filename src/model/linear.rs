@@ -1,16 +1,83 @@
 //! Frozen linear projection `y = x Wᵀ + b` with a stable module name (for adapters and errors).
 
-use candle_core::Tensor;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
+use crate::kernels;
 use crate::lora::{self, LoraSet};
 use crate::model::weights::Weights;
+use crate::quant::nf4::{Nf4Config, Nf4Tensor};
+
+/// How a linear layer stores its frozen base weight; forward and backward run on any of them.
+#[derive(Debug, Clone)]
+pub enum Weight {
+    /// A dense `[out, in]` tensor (on the CPU in f32 stored transposed for the products).
+    Dense(Tensor),
+    /// NF4 codes and scales (the QLoRA base), dequantised tile by tile inside each product; the
+    /// f32 weight never exists whole. `device` is where the products run.
+    Nf4 {
+        /// The 4-bit weight `[out, in]`.
+        q: Arc<Nf4Tensor>,
+        /// The compute device.
+        device: Device,
+        /// The compute dtype (of the inputs and outputs).
+        dtype: DType,
+    },
+}
+
+impl Weight {
+    /// `(out, in)`.
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            Weight::Dense(t) => {
+                let d = t.dims();
+                (d[0], d.get(1).copied().unwrap_or(0))
+            }
+            Weight::Nf4 { q, .. } => q.shape(),
+        }
+    }
+
+    /// The compute device.
+    pub fn device(&self) -> &Device {
+        match self {
+            Weight::Dense(t) => t.device(),
+            Weight::Nf4 { device, .. } => device,
+        }
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Weight::Dense(t) => t.dtype(),
+            Weight::Nf4 { dtype, .. } => *dtype,
+        }
+    }
+
+    /// Bytes this weight keeps resident.
+    pub fn resident_bytes(&self) -> usize {
+        match self {
+            Weight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Weight::Nf4 { q, .. } => q.resident_bytes(),
+        }
+    }
+
+    /// The weight as a dense `[out, in]` tensor in the compute dtype (a dequantised copy for
+    /// NF4: for merging and for devices without a tiled kernel).
+    pub fn to_dense(&self) -> Result<Tensor> {
+        match self {
+            Weight::Dense(t) => Ok(t.clone()),
+            Weight::Nf4 { q, device, dtype } => Ok(q.dequantize(device)?.to_dtype(*dtype)?),
+        }
+    }
+}
 
 /// A frozen linear layer loaded from the checkpoint.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// `[out, in]` weight.
-    pub weight: Tensor,
+    /// `[out, in]` base weight.
+    pub weight: Weight,
     /// Optional `[out]` bias.
     pub bias: Option<Tensor>,
     /// Checkpoint module path, e.g. `model.text_model.layers.0.self_attn.q_proj`.
@@ -18,15 +85,29 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Loads `{name}.weight` (and `{name}.bias` when `bias`) with the given sizes.
+    /// Loads `{name}.weight` (and `{name}.bias` when `bias`) with the given sizes; with `nf4`,
+    /// the weight is quantised as it is read and only the NF4 codes are kept.
     pub fn load(
         w: &Weights,
         name: &str,
-        in_dim: usize,
-        out_dim: usize,
+        (in_dim, out_dim): (usize, usize),
         bias: bool,
+        nf4: Option<Nf4Config>,
     ) -> Result<Self> {
-        let weight = w.get_linear_weight(&format!("{name}.weight"), out_dim, in_dim)?;
+        let wname = format!("{name}.weight");
+        let weight = match nf4 {
+            None => Weight::Dense(w.get_linear_weight(&wname, out_dim, in_dim)?),
+            Some(cfg) => {
+                let t = w.get(&wname, &[out_dim, in_dim])?;
+                let f = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+                let q = Nf4Tensor::from_tensor(&f, cfg)?;
+                Weight::Nf4 {
+                    q: Arc::new(q),
+                    device: t.device().clone(),
+                    dtype: t.dtype(),
+                }
+            }
+        };
         let bias = if bias {
             Some(w.get(&format!("{name}.bias"), &[out_dim])?)
         } else {
@@ -39,9 +120,23 @@ impl Linear {
         })
     }
 
+    /// A layer over an existing dense weight (e.g. an output head tied to the embedding).
+    pub fn dense(weight: Tensor, name: &str) -> Self {
+        Self {
+            weight: Weight::Dense(weight),
+            bias: None,
+            name: name.to_string(),
+        }
+    }
+
     /// Output features.
     pub fn out_dim(&self) -> usize {
-        self.weight.dims()[0]
+        self.weight.dims().0
+    }
+
+    /// Input features.
+    pub fn in_dim(&self) -> usize {
+        self.weight.dims().1
     }
 
     /// Applies the layer (plus any LoRA update for it in `lora`) to `x` of shape `[..., in]`.
@@ -60,18 +155,14 @@ impl Linear {
         let mut weights = Vec::with_capacity(layers.len());
         for l in layers {
             match l.weight_and_bias(lora) {
-                (w, None) => weights.push(w),
-                (_, Some(_)) => break,
+                (Some(w), None) => weights.push(w),
+                _ => break,
             }
         }
-        let fused = if weights.len() == layers.len() {
-            crate::model::ops::linear_many(&x2, &weights)?
-        } else {
-            None
-        };
-        let Some(ys) = fused else {
+        if weights.len() != layers.len() {
             return layers.iter().map(|l| l.forward(x, lora)).collect();
-        };
+        }
+        let ys = kernels::linear_many(&x2, &weights)?;
         layers
             .iter()
             .zip(ys)
@@ -79,11 +170,18 @@ impl Linear {
             .collect()
     }
 
-    /// The weight and bias in use: a merged LoRA replacement's, else this layer's own.
-    fn weight_and_bias<'a>(&'a self, lora: &'a LoraSet) -> (&'a Tensor, Option<&'a Tensor>) {
+    /// The dense weight and the bias in use: a merged LoRA replacement's, else this layer's own
+    /// (`None` for the weight when it is not dense).
+    fn weight_and_bias<'a>(
+        &'a self,
+        lora: &'a LoraSet,
+    ) -> (Option<&'a Tensor>, Option<&'a Tensor>) {
         match lora.replacement(&self.name) {
-            Some((w, b)) => (w, b.as_ref()),
-            None => (&self.weight, self.bias.as_ref()),
+            Some((w, b)) => (Some(w), b.as_ref()),
+            None => match &self.weight {
+                Weight::Dense(w) => (Some(w), self.bias.as_ref()),
+                Weight::Nf4 { .. } => (None, self.bias.as_ref()),
+            },
         }
     }
 
@@ -125,18 +223,10 @@ impl Linear {
             Some(r) => Some(r.reshape((rows, self.out_dim()))?),
             None => None,
         };
-        let y = match crate::model::ops::linear(&x2, weight, bias, res2.as_ref())? {
-            Some(y) => y,
-            None => {
-                let mut y = x2.matmul(&weight.t()?)?;
-                if let Some(b) = bias {
-                    y = y.broadcast_add(b)?;
-                }
-                if let Some(r) = &res2 {
-                    y = (y + r)?;
-                }
-                y
-            }
+        let y = match (weight, &self.weight) {
+            (Some(w), _) => kernels::linear(&x2, w, bias, res2.as_ref())?,
+            (None, Weight::Nf4 { q, .. }) => kernels::linear_nf4(&x2, q, bias, res2.as_ref())?,
+            (None, Weight::Dense(w)) => kernels::linear(&x2, w, bias, res2.as_ref())?,
         };
         self.finish(&x2, y, &dims, lora)
     }
@@ -162,12 +252,7 @@ impl LayerNorm {
 
     /// Normalises over the last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm(
-            x,
-            &self.weight,
-            &self.bias,
-            self.eps,
-        )?)
+        kernels::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -189,6 +274,6 @@ impl RmsNorm {
 
     /// Normalises over the last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?)
+        kernels::rms_norm(x, &self.weight, self.eps)
     }
 }

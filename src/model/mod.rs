@@ -2,9 +2,6 @@
 
 pub mod connector;
 pub mod linear;
-pub mod ops;
-pub(crate) mod pool;
-pub(crate) mod simd;
 pub mod text;
 pub mod vision;
 pub mod weights;
@@ -14,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::lora::LoraSet;
+use crate::quant::nf4::Nf4Config;
 use connector::Connector;
 use text::TextModel;
 use vision::VisionModel;
@@ -35,6 +33,13 @@ pub struct Idefics3 {
 impl Idefics3 {
     /// Builds the network from checkpoint tensors named as in the HF hub layout.
     pub fn load(w: &Weights, cfg: &ModelConfig) -> Result<Self> {
+        Self::load_with(w, cfg, None)
+    }
+
+    /// [`Idefics3::load`], with the decoder layers' linear weights quantised to NF4 as they are
+    /// read when `text_nf4` is given (the QLoRA base: no f32 copy of them is ever kept).
+    pub fn load_with(w: &Weights, cfg: &ModelConfig, text_nf4: Option<Nf4Config>) -> Result<Self> {
+        crate::kernels::check_env()?;
         // Some exports store the decoder without the `model.` prefix (older Idefics3 naming).
         let (vp, cp, tp) = if w.contains("model.text_model.embed_tokens.weight") {
             ("model.vision_model", "model.connector", "model.text_model")
@@ -54,7 +59,7 @@ impl Idefics3 {
             cfg.text.hidden_size,
             cfg.scale_factor,
         )?;
-        let text = TextModel::load(w, tp, &cfg.text, cfg.tie_word_embeddings)?;
+        let text = TextModel::load(w, tp, &cfg.text, cfg.tie_word_embeddings, text_nf4)?;
         Ok(Self {
             cfg: cfg.clone(),
             vision,
@@ -68,6 +73,32 @@ impl Idefics3 {
     /// The model configuration.
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// Bytes of every weight the network holds (each shared tensor once: a head tied to the
+    /// embedding counts once).
+    pub fn resident_weight_bytes(&self) -> usize {
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let mut seen = std::collections::HashSet::new();
+        let mut n = 0;
+        for t in self.vision.tensors().into_iter().chain(self.text.tensors()) {
+            if seen.insert(t.id()) {
+                n += bytes(t);
+            }
+        }
+        for l in self.linears() {
+            let dense = match &l.weight {
+                linear::Weight::Dense(t) => Some(t),
+                linear::Weight::Nf4 { .. } => None,
+            };
+            if dense.is_none_or(|t| seen.insert(t.id())) {
+                n += l.weight.resident_bytes();
+            }
+            if let Some(b) = &l.bias {
+                n += bytes(b);
+            }
+        }
+        n
     }
 
     /// Every linear layer (vision, connector, text), by checkpoint module name.

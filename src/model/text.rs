@@ -6,9 +6,10 @@ use crate::config::{Activation, TextConfig};
 use crate::error::{Error, Result};
 use crate::lora::LoraSet;
 use crate::model::linear::{Linear, RmsNorm};
-use crate::model::ops::softmax_scaled;
+use crate::kernels::{self, softmax_scaled};
 use crate::model::vision::activate;
 use crate::model::weights::Weights;
+use crate::quant::nf4::Nf4Config;
 
 pub(crate) struct Attention {
     pub(crate) q: Linear,
@@ -140,8 +141,15 @@ pub struct TextModel {
 }
 
 impl TextModel {
-    /// Loads `{prefix}.*` and `lm_head` (or ties it to the embedding).
-    pub fn load(w: &Weights, prefix: &str, cfg: &TextConfig, tied: bool) -> Result<Self> {
+    /// Loads `{prefix}.*` and `lm_head` (or ties it to the embedding); with `nf4`, the decoder
+    /// layers' linear weights are kept as NF4 only (the QLoRA base; the head stays dense).
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        cfg: &TextConfig,
+        tied: bool,
+        nf4: Option<Nf4Config>,
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
         let qd = cfg.num_attention_heads * cfg.head_dim;
         let kvd = cfg.num_key_value_heads * cfg.head_dim;
@@ -153,7 +161,7 @@ impl TextModel {
             let ab = cfg.attention_bias;
             let mb = cfg.mlp_bias;
             let lin =
-                |n: &str, i_dim, o_dim, b| Linear::load(w, &format!("{lp}.{n}"), i_dim, o_dim, b);
+                |n: &str, i_dim, o_dim, b| Linear::load(w, &format!("{lp}.{n}"), (i_dim, o_dim), b, nf4);
             layers.push(Layer {
                 input_ln: RmsNorm::load(w, &format!("{lp}.input_layernorm"), h, cfg.rms_norm_eps)?,
                 attn: Attention {
@@ -178,13 +186,9 @@ impl TextModel {
         let norm = RmsNorm::load(w, &format!("{prefix}.norm"), h, cfg.rms_norm_eps)?;
         // A checkpoint without `lm_head.weight` is tied (some exports drop the duplicate).
         let lm_head = if tied || !w.contains("lm_head.weight") {
-            Linear {
-                weight: embed.clone(),
-                bias: None,
-                name: "lm_head".into(),
-            }
+            Linear::dense(embed.clone(), "lm_head")
         } else {
-            Linear::load(w, "lm_head", h, cfg.vocab_size, false)?
+            Linear::load(w, "lm_head", (h, cfg.vocab_size), false, None)?
         };
         Ok(Self {
             cfg: cfg.clone(),
@@ -194,6 +198,15 @@ impl TextModel {
             norm,
             lm_head,
         })
+    }
+
+    /// The decoder's tensors other than its linear layers (embedding, norms).
+    pub(crate) fn tensors(&self) -> Vec<&Tensor> {
+        let mut v = vec![&self.embed, &self.norm.weight];
+        for l in &self.layers {
+            v.extend([&l.input_ln.weight, &l.post_ln.weight]);
+        }
+        v
     }
 
     /// Every linear layer of the decoder, output head included.
@@ -243,9 +256,9 @@ impl TextModel {
         logits: Logits,
         lora: &LoraSet,
     ) -> Result<Tensor> {
-        // On a pool thread, the parallel kernels below are not each handed over from a blocked
-        // caller thread, and the other workers stay awake between them (see `pool::on_pool`).
-        crate::model::pool::on_pool(|| {
+        // On the CPU this runs on a pool thread: the parallel kernels below are not each handed
+        // over from a blocked caller thread, and the other workers stay awake between them.
+        kernels::forward_pass(embeds, || {
             let (b, l, _) = embeds.dims3()?;
             let past = cache.len;
             let total = past + l;
@@ -308,13 +321,9 @@ impl TextModel {
                     Linear::forward_many(&[&layer.mlp.gate, &layer.mlp.up], &x, lora)?
                         .try_into()
                         .map_err(|_| Error::Internal("gate/up projections".into()))?;
-                let fused = match self.cfg.hidden_act {
-                    Activation::Silu => crate::model::ops::silu_mul(&g, &u)?,
-                    _ => None,
-                };
-                let a = match fused {
-                    Some(a) => a,
-                    None => (activate(&g, self.cfg.hidden_act)? * u)?,
+                let a = match self.cfg.hidden_act {
+                    Activation::Silu => kernels::silu_mul(&g, &u)?,
+                    act => (activate(&g, act)? * u)?,
                 };
                 h = layer.mlp.down.forward_residual(&a, &h1, lora)?;
             }
@@ -444,7 +453,7 @@ impl TextModel {
 
     /// Whether the raw CPU f32 kernels apply (inputs, cache and RoPE tables on the CPU in f32).
     fn cpu_path(&self, embeds: &Tensor, cache: &KvCache) -> bool {
-        let ok = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous();
+        let ok = kernels::fast;
         ok(embeds)
             && ok(&self.rope.cos)
             && ok(&self.rope.sin)
@@ -466,7 +475,8 @@ impl TextModel {
         last_only: bool,
         lora: &LoraSet,
     ) -> Result<Tensor> {
-        use crate::model::ops::{self, f32_slice, AttentionShape, HeadLayout};
+        use crate::kernels::attention::{attention_raw, AttentionShape, HeadLayout};
+        use crate::kernels::cpu::{self as ops, f32_slice};
         use std::borrow::Cow;
         let c = &self.cfg;
         let (b, l, _) = x.dims3()?;
@@ -527,7 +537,7 @@ impl TextModel {
             // The query rows are the last lq of the l new ones.
             causal: Some(past + l - lq),
         };
-        let out = ops::attention_raw(
+        let out = attention_raw(
             &sh,
             &qr,
             HeadLayout::rows_heads(lq, nh, hd),

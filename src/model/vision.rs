@@ -1,19 +1,19 @@
 //! SigLIP vision tower of Idefics3 (`model.vision_model`).
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use crate::config::{Activation, VisionConfig};
 use crate::error::{Error, Result};
 use crate::lora::LoraSet;
 use crate::model::linear::{LayerNorm, Linear};
-use crate::model::ops;
+use crate::kernels;
 use crate::model::weights::Weights;
 
 /// Applies an activation function.
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     Ok(match act {
         Activation::Silu => candle_nn::ops::silu(x)?,
-        Activation::GeluTanh => ops::gelu_tanh(x)?,
+        Activation::GeluTanh => kernels::gelu_tanh(x)?,
         Activation::Gelu => x.gelu_erf()?,
     })
 }
@@ -73,7 +73,7 @@ impl VisionModel {
         for i in 0..cfg.num_hidden_layers {
             let lp = format!("{prefix}.encoder.layers.{i}");
             let lin = |name: &str, i_dim, o_dim| {
-                Linear::load(w, &format!("{lp}.{name}"), i_dim, o_dim, true)
+                Linear::load(w, &format!("{lp}.{name}"), (i_dim, o_dim), true, None)
             };
             layers.push(Layer {
                 ln1: LayerNorm::load(w, &format!("{lp}.layer_norm1"), h, cfg.layer_norm_eps)?,
@@ -109,6 +109,16 @@ impl VisionModel {
         })
     }
 
+    /// The tower's tensors other than its linear layers (embeddings, norms).
+    pub(crate) fn tensors(&self) -> Vec<&Tensor> {
+        let mut v = vec![&self.patch_w, &self.patch_b, &self.pos];
+        for l in &self.layers {
+            v.extend([&l.ln1.weight, &l.ln1.bias, &l.ln2.weight, &l.ln2.bias]);
+        }
+        v.extend([&self.post_ln.weight, &self.post_ln.bias]);
+        v
+    }
+
     /// Every linear layer of the tower.
     pub fn linears(&self) -> Vec<&Linear> {
         let mut v = Vec::with_capacity(self.layers.len() * 6);
@@ -132,24 +142,10 @@ impl VisionModel {
         // enough for the allocator to reuse memory (whole-batch buffers of hundreds of MB are
         // fresh mappings each op: page faults, TLB shootdowns), and threads working on different
         // tiles mostly run their kernels' tasks themselves instead of meeting at every matmul.
-        if n > 1 && pixel_values.device().is_cpu() {
-            use rayon::prelude::*;
-            // Whole rounds of one tile per thread run their products single-threaded (each
-            // weight packed once per product, no meeting between threads); the tiles left over
-            // share the threads inside each product.
-            let threads = rayon::current_num_threads().max(1);
-            let whole = n - n % threads;
-            let tile = |i: usize| self.forward_batch(&pixel_values.narrow(0, i, 1)?, lora);
-            let mut outs = (0..whole)
-                .into_par_iter()
-                .map(|i| crate::model::ops::single_threaded_products(|| tile(i)))
-                .collect::<Result<Vec<_>>>()?;
-            outs.extend(
-                (whole..n)
-                    .into_par_iter()
-                    .map(tile)
-                    .collect::<Result<Vec<_>>>()?,
-            );
+        if n > 1 && kernels::fast_device(pixel_values) {
+            let outs = kernels::per_item(n, pixel_values, |i| {
+                self.forward_batch(&pixel_values.narrow(0, i, 1)?, lora)
+            })?;
             return Ok(Tensor::cat(&outs, 0)?);
         }
         self.forward_batch(pixel_values, lora)
@@ -207,53 +203,7 @@ impl Attention {
         let q = self.q.forward(x, lora)?;
         let k = self.k.forward(x, lora)?;
         let v = self.v.forward(x, lora)?;
-        let scale = (hd as f64).powf(-0.5);
-        if let Some(o) = cpu_attention(&q, &k, &v, (n, l, h, hd), scale)? {
-            return Ok(o);
-        }
-        let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((n, l, h, hd))?.transpose(1, 2)?.contiguous()?)
-        };
-        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
-        let o = ops::softmax_scaled(&q.matmul(&k.t()?)?, scale)?.matmul(&v)?;
-        Ok(o.transpose(1, 2)?.reshape((n, l, h * hd))?)
+        kernels::full_attention(&q, &k, &v, (n, l, h, hd), (hd as f64).powf(-0.5))
     }
 }
 
-/// Full (non-causal) attention on the CPU in f32 straight from the projections' `[n, l, h·d]`
-/// layout; `None` when the fast path does not apply.
-fn cpu_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    (n, l, h, hd): (usize, usize, usize, usize),
-    scale: f64,
-) -> Result<Option<Tensor>> {
-    if ![q, k, v]
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
-    {
-        return Ok(None);
-    }
-    let (qg, ql) = q.storage_and_layout();
-    let (kg, kl) = k.storage_and_layout();
-    let (vg, vl) = v.storage_and_layout();
-    let (qs, ks, vs) = (
-        ops::f32_slice(&qg, ql)?,
-        ops::f32_slice(&kg, kl)?,
-        ops::f32_slice(&vg, vl)?,
-    );
-    let layout = ops::HeadLayout::rows_heads(l, h, hd);
-    let sh = ops::AttentionShape {
-        batch: n,
-        q_heads: h,
-        kv_heads: h,
-        rows: l,
-        keys: l,
-        d: hd,
-        scale: scale as f32,
-        causal: None,
-    };
-    let out = ops::attention_raw(&sh, qs, layout, ks, layout, vs, layout, None)?;
-    Ok(Some(Tensor::from_vec(out, (n, l, h * hd), q.device())?))
-}

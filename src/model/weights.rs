@@ -293,15 +293,17 @@ impl Weights {
     }
 
     /// Loads a linear layer's `[out, in]` weight like [`Weights::get`], stored transposed on
-    /// the CPU in f32 (see [`crate::model::ops::store_transposed`]).
+    /// the CPU in f32 (see [`crate::kernels::cpu::store_transposed`]); with `SMOLCAP_KERNELS=generic` as
+    /// the checkpoint stores it.
     pub fn get_linear_weight(&self, name: &str, out_dim: usize, in_dim: usize) -> Result<Tensor> {
         let (_, info) = self.locate(name)?;
-        let direct = self.device.is_cpu()
+        let direct = crate::kernels::backend() == crate::kernels::Backend::Auto
+            && self.device.is_cpu()
             && self.dtype == DType::F32
             && info.dtype == StDtype::F32
             && info.shape == [out_dim, in_dim];
         if !direct {
-            return crate::model::ops::store_transposed(self.get(name, &[out_dim, in_dim])?);
+            return crate::kernels::cpu::store_transposed(self.get(name, &[out_dim, in_dim])?);
         }
         let (shard, _, start, len) = self.range(name)?;
         if len != out_dim * in_dim * 4 {
@@ -312,7 +314,7 @@ impl Weights {
         }
         // Transposed straight from the file's bytes: one copy of the weight fewer at load.
         let bytes = self.read_bytes(shard, start, len)?;
-        let t = crate::model::ops::transpose_f32(out_dim, in_dim, |i| {
+        let t = crate::kernels::cpu::transpose_f32(out_dim, in_dim, |i| {
             let b = &bytes[4 * i..4 * i + 4];
             f32::from_le_bytes([b[0], b[1], b[2], b[3]])
         });

@@ -3,7 +3,6 @@
 //! gradient accumulation and clipping, and checkpoints that resume the exact run.
 
 pub mod collate;
-pub mod grad;
 pub(crate) mod net;
 pub mod optim;
 pub mod run;
@@ -318,7 +317,7 @@ impl Trainer {
                 return Ok(None);
             }
             let (r, _) = cfg.rank_alpha(&l.name)?;
-            let (out, inp) = l.weight.dims2()?;
+            let (out, inp) = l.weight.dims();
             let bound = kaiming_bound(inp);
             let a: Vec<f32> = (0..r * inp)
                 .map(|_| rng.random_range(-bound..bound) as f32)
@@ -404,9 +403,11 @@ impl Trainer {
         self.params.numel()
     }
 
-    /// Bytes of frozen decoder weights kept by the trainer (NF4 with QLoRA).
+    /// Bytes of frozen weights resident for this run: the model's own (NF4 codes for the
+    /// decoder layers of a model loaded as a QLoRA base) plus any copies the trainer made
+    /// (f32 conversions of a 16-bit model, NF4 codes of a dense model trained with QLoRA).
     pub fn resident_weight_bytes(&self) -> usize {
-        self.net.resident_weight_bytes()
+        self.model.model().network().resident_weight_bytes() + self.net.extra_weight_bytes()
     }
 
     /// Steps skipped because of non-finite values.

@@ -1,15 +1,17 @@
 //! The trainable view of an Idefics3 model: frozen base weights (dense or NF4), LoRA factors and
 //! trainable modules, with forward passes that keep what their backward passes need.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Tensor};
 use rand::rngs::StdRng;
 use rand::Rng;
 
 use crate::error::{Error, Result};
-use crate::model::linear::Linear;
+use crate::model::linear::{Linear, Weight};
 use crate::model::Idefics3;
 use crate::quant::nf4::{Nf4Config, Nf4Tensor};
-use crate::train::grad::{self, AttnCache};
+use crate::kernels::grad::{self, AttnCache};
 
 /// Trainable tensors (f32) with their names, in a fixed order.
 #[derive(Debug, Clone, Default)]
@@ -56,25 +58,47 @@ impl Grads {
 /// A frozen base weight `[out, in]`, stored dense (f32) or 4-bit NF4.
 pub(crate) enum Frozen {
     Dense(Tensor),
-    /// NF4 codes and the device the dequantised weight goes to.
-    Nf4(Nf4Tensor, candle_core::Device),
+    /// NF4 codes (shared with the model when it was loaded as a QLoRA base), used through the
+    /// tiled kernels: the f32 weight never exists whole.
+    Nf4(Arc<Nf4Tensor>),
 }
 
 impl Frozen {
-    fn get(&self) -> Result<Tensor> {
-        match self {
-            Frozen::Dense(t) => Ok(t.clone()),
-            // Dequantised on the fly for each use; only the 4-bit codes stay resident.
-            Frozen::Nf4(q, dev) => q.dequantize(dev),
+    /// Bytes this weight keeps resident beyond the model's own (a weight shared with the model
+    /// counts there, not here).
+    pub(crate) fn extra_bytes(&self, model: &Linear) -> usize {
+        match (self, &model.weight) {
+            (Frozen::Nf4(q), Weight::Nf4 { q: mq, .. }) if Arc::ptr_eq(q, mq) => 0,
+            (Frozen::Nf4(q), _) => q.resident_bytes(),
+            (Frozen::Dense(t), Weight::Dense(m)) => copy_bytes(t, m),
+            (Frozen::Dense(t), _) => t.elem_count() * t.dtype().size_in_bytes(),
         }
     }
 
-    /// Bytes this weight keeps resident.
-    pub(crate) fn resident_bytes(&self) -> usize {
+    /// `x Wᵀ`.
+    fn product(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Frozen::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
-            Frozen::Nf4(q, _) => q.resident_bytes(),
+            Frozen::Dense(w) => crate::kernels::linear(x, w, None, None),
+            Frozen::Nf4(q) => crate::kernels::linear_nf4(x, q, None, None),
         }
+    }
+
+    /// `dy W`.
+    fn input_grad(&self, dy: &Tensor) -> Result<Tensor> {
+        match self {
+            Frozen::Dense(w) => Ok(dy.matmul(w)?),
+            Frozen::Nf4(q) => crate::kernels::linear_nf4_dx(dy, q),
+        }
+    }
+}
+
+/// Bytes of `t` when it is a copy of the model's `orig` (a conversion to f32), 0 when it shares
+/// the model's storage.
+fn copy_bytes(t: &Tensor, orig: &Tensor) -> usize {
+    if t.id() == orig.id() {
+        0
+    } else {
+        t.elem_count() * t.dtype().size_in_bytes()
     }
 }
 
@@ -120,19 +144,17 @@ pub(crate) struct Ctx<'a> {
 
 impl TLinear {
     pub(crate) fn from_linear(l: &Linear, quantize: Option<usize>) -> Result<Self> {
-        let w = l.weight.to_dtype(DType::F32)?;
-        let w = match quantize {
-            Some(blocksize) => Frozen::Nf4(
-                Nf4Tensor::from_tensor(
-                    &w,
-                    Nf4Config {
-                        blocksize,
-                        double_quant: true,
-                    },
-                )?,
-                w.device().clone(),
-            ),
-            None => Frozen::Dense(w),
+        let w = match (&l.weight, quantize) {
+            // A model loaded as a QLoRA base already holds NF4 codes: shared, not copied.
+            (Weight::Nf4 { q, .. }, _) => Frozen::Nf4(q.clone()),
+            (Weight::Dense(t), Some(blocksize)) => Frozen::Nf4(Arc::new(Nf4Tensor::from_tensor(
+                &t.to_dtype(DType::F32)?,
+                Nf4Config {
+                    blocksize,
+                    double_quant: true,
+                },
+            )?)),
+            (Weight::Dense(t), None) => Frozen::Dense(t.to_dtype(DType::F32)?),
         };
         Ok(Self {
             name: l.name.clone(),
@@ -146,17 +168,12 @@ impl TLinear {
         })
     }
 
-    fn weight(&self, p: &ParamSet) -> Result<Tensor> {
-        match self.full {
-            Some(i) => Ok(p.values[i].clone()),
-            None => self.w.get(),
-        }
-    }
-
     /// `x` `[rows, in]` → `[rows, out]`.
     pub(crate) fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<(Tensor, LinCache)> {
-        let w = self.weight(ctx.params)?;
-        let mut y = x.matmul(&w.t()?)?;
+        let mut y = match self.full {
+            Some(i) => x.matmul(&ctx.params.values[i].t()?)?,
+            None => self.w.product(x)?,
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -203,10 +220,10 @@ impl TLinear {
         if let Some(i) = self.full {
             g.add(i, dy.t()?.matmul(&c.x)?)?;
         }
-        let mut dx = if need_dx {
-            Some(dy.matmul(&self.weight(p)?)?)
-        } else {
-            None
+        let mut dx = match (need_dx, self.full) {
+            (false, _) => None,
+            (true, Some(i)) => Some(dy.matmul(&p.values[i])?),
+            (true, None) => Some(self.w.input_grad(&dy)?),
         };
         if let (Some(l), Some(lc)) = (self.lora, &c.lora) {
             let a = &p.values[l.a];
@@ -228,7 +245,7 @@ impl TLinear {
     fn in_out(&self) -> Result<(usize, usize)> {
         let (o, i) = match &self.w {
             Frozen::Dense(t) => t.dims2()?,
-            Frozen::Nf4(q, _) => q.shape(),
+            Frozen::Nf4(q) => q.shape(),
         };
         Ok((i, o))
     }
@@ -273,7 +290,7 @@ pub(crate) struct TextNet {
     embed: Tensor,
     norm: Tensor,
     eps: f64,
-    lm_head: Frozen,
+    lm_head: Tensor,
     cos: Tensor,
     sin: Tensor,
     heads: usize,
@@ -355,6 +372,8 @@ pub(crate) struct Net {
     pub vision: Option<VisionNet>,
     pub connector: TLinear,
     pub scale_factor: usize,
+    /// See [`Net::extra_weight_bytes`].
+    extra_bytes: usize,
 }
 
 /// Describes the LoRA factors to create for one module.
@@ -377,8 +396,12 @@ impl Net {
         connector_init: Option<Tensor>,
     ) -> Result<Self> {
         let cfg = model.config();
+        // Bytes of frozen weights this network holds beyond the model's (f32 conversions of a
+        // 16-bit model, NF4 codes quantised from a dense model).
+        let extra = std::cell::Cell::new(0usize);
         let mut wrap = |l: &Linear, q: Option<usize>, params: &mut ParamSet| -> Result<TLinear> {
             let mut t = TLinear::from_linear(l, q)?;
+            extra.set(extra.get() + t.w.extra_bytes(l));
             if let Some(spec) = lora(l)? {
                 let a = params.push(format!("{}.lora_A", l.name), spec.a.to_dtype(DType::F32)?);
                 let b = params.push(format!("{}.lora_B", l.name), spec.b.to_dtype(DType::F32)?);
@@ -392,7 +415,11 @@ impl Net {
         };
         let tm = &model.text;
         let tc = tm.config();
-        let f32t = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?) };
+        let f32t = |t: &Tensor| -> Result<Tensor> {
+            let c = t.to_dtype(DType::F32)?;
+            extra.set(extra.get() + copy_bytes(&c, t));
+            Ok(c)
+        };
         let mut layers = Vec::with_capacity(tm.layers.len());
         for l in &tm.layers {
             let q = opts.nf4_block;
@@ -413,7 +440,7 @@ impl Net {
             embed: f32t(&tm.embed)?,
             norm: f32t(&tm.norm.weight)?,
             eps: tm.norm.eps as f64,
-            lm_head: Frozen::Dense(f32t(&tm.lm_head.weight)?),
+            lm_head: f32t(&tm.lm_head.weight.to_dense()?)?,
             cos: f32t(&tm.rope.cos)?,
             sin: f32t(&tm.rope.sin)?,
             heads: tc.num_attention_heads,
@@ -459,27 +486,28 @@ impl Net {
         if train_connector {
             let init = match connector_init {
                 Some(t) => t.to_dtype(DType::F32)?,
-                None => f32t(&model.connector.proj.weight)?.copy()?,
+                None => model
+                    .connector
+                    .proj
+                    .weight
+                    .to_dense()?
+                    .to_dtype(DType::F32)?
+                    .copy()?,
             };
             connector.full = Some(params.push(format!("{}.weight", connector.name), init));
         }
         Ok(Self {
             text,
             vision,
+            extra_bytes: extra.get() + connector.w.extra_bytes(&model.connector.proj),
             connector,
             scale_factor: model.connector.scale,
         })
     }
 
-    /// Bytes of frozen weights the trainer keeps resident (text linears, head, embedding).
-    pub(crate) fn resident_weight_bytes(&self) -> usize {
-        let mut n = self.text.lm_head.resident_bytes() + self.text.embed.elem_count() * 4;
-        for l in &self.text.layers {
-            for t in [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down] {
-                n += t.w.resident_bytes();
-            }
-        }
-        n
+    /// Bytes of frozen weights this network holds beyond the model's own.
+    pub(crate) fn extra_weight_bytes(&self) -> usize {
+        self.extra_bytes
     }
 
     /// Image features `[n·seq, hidden]` of `[n, 3, S, S]` tiles and what their backward needs.
@@ -885,7 +913,7 @@ impl TextNet {
         let idx = Tensor::new(batch.label_pos, x.device())?;
         let hs = x.reshape((b * l, h))?.index_select(&idx, 0)?;
         let (n, rstd) = grad::rms_norm(&hs, &self.norm, self.eps)?;
-        let w = self.lm_head.get()?;
+        let w = self.lm_head.clone();
         let logits = n.matmul(&w.t()?)?;
         Ok(Head {
             idx,

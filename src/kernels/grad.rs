@@ -95,7 +95,7 @@ pub fn attention(
         Some(m) => s.broadcast_add(m)?,
         None => s,
     };
-    let p = crate::model::ops::softmax_scaled(&s.contiguous()?, 1.0)?;
+    let p = crate::kernels::softmax_scaled(&s.contiguous()?, 1.0)?;
     let o = p.matmul(&v)?;
     Ok((
         o,

@@ -1,0 +1,165 @@
+//! Products with NF4 (QLoRA) weights on the CPU: each task dequantises a tile of weight rows
+//! into a buffer of its own, multiplies it and drops it, so the f32 weight never exists whole.
+
+use rayon::prelude::*;
+
+use super::cpu::{gemm_raw, SharedOut};
+use crate::error::{Error, Result};
+use crate::quant::nf4::Nf4Tensor;
+
+/// Weight rows dequantised per tile: a few hundred KB of f32 for the widest rows, so a tile
+/// stays in L2 while the gemm reads it.
+const TILE_ROWS: usize = 64;
+
+/// `out[m, n] (+)= x[m, k] · Wᵀ` for an NF4 weight `W` `[n, k]`; `accumulate` adds to what `out`
+/// holds (a bias or residual written there first).
+pub fn linear(x: &[f32], m: usize, w: &Nf4Tensor, out: &mut [f32], accumulate: bool) -> Result<()> {
+    let (n, k) = w.shape();
+    if x.len() != m * k || out.len() != m * n {
+        return Err(Error::Internal(format!(
+            "nf4 linear: x {} for [{m}, {k}], out {} for [{m}, {n}]",
+            x.len(),
+            out.len()
+        )));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let dst = SharedOut(out.as_mut_ptr());
+    (0..n.div_ceil(TILE_ROWS))
+        .into_par_iter()
+        .try_for_each(|t| -> Result<()> {
+            let (r0, r1) = (t * TILE_ROWS, ((t + 1) * TILE_ROWS).min(n));
+            let mut tile = vec![0f32; (r1 - r0) * k];
+            w.dequantize_rows_into(r0, r1, &mut tile)?;
+            // SAFETY: x is [m, k]; tile is [r1-r0, k] read as its transpose through (1, k);
+            // out is [m, n] and this task writes only its columns r0..r1 of every row.
+            unsafe {
+                gemm_raw(
+                    (m, r1 - r0, k),
+                    dst.get().add(r0),
+                    n,
+                    accumulate,
+                    x.as_ptr(),
+                    k,
+                    tile.as_ptr(),
+                    1,
+                    k,
+                )
+            };
+            Ok(())
+        })
+}
+
+/// `dy[m, n] · W` for an NF4 weight `W` `[n, k]` (the input gradient of [`linear`]): threads
+/// take contiguous ranges of weight rows, accumulate their tiles' products into partial sums of
+/// their own, and the partial sums are added up.
+pub fn linear_dx(dy: &[f32], m: usize, w: &Nf4Tensor) -> Result<Vec<f32>> {
+    let (n, k) = w.shape();
+    if dy.len() != m * n {
+        return Err(Error::Internal(format!(
+            "nf4 input gradient: dy {} for [{m}, {n}]",
+            dy.len()
+        )));
+    }
+    let tiles = n.div_ceil(TILE_ROWS);
+    let parts = rayon::current_num_threads().clamp(1, tiles.max(1));
+    let per = tiles.div_ceil(parts).max(1);
+    let partial = (0..parts)
+        .into_par_iter()
+        .map(|p| -> Result<Vec<f32>> {
+            let mut acc = vec![0f32; m * k];
+            let mut tile = Vec::new();
+            for t in p * per..((p + 1) * per).min(tiles) {
+                let (r0, r1) = (t * TILE_ROWS, ((t + 1) * TILE_ROWS).min(n));
+                tile.resize((r1 - r0) * k, 0.0);
+                w.dequantize_rows_into(r0, r1, &mut tile)?;
+                // SAFETY: dy is [m, n], read at columns r0..r1 with row stride n; tile is
+                // [r1-r0, k] row-major; acc is [m, k] owned by this task.
+                unsafe {
+                    gemm_raw(
+                        (m, k, r1 - r0),
+                        acc.as_mut_ptr(),
+                        k,
+                        true,
+                        dy.as_ptr().add(r0),
+                        n,
+                        tile.as_ptr(),
+                        k,
+                        1,
+                    )
+                };
+            }
+            Ok(acc)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut it = partial.into_iter();
+    let mut dx = it.next().unwrap_or_else(|| vec![0f32; m * k]);
+    for p in it {
+        dx.par_chunks_mut(16 * 1024)
+            .zip(p.par_chunks(16 * 1024))
+            .for_each(|(d, s)| {
+                for (d, &s) in d.iter_mut().zip(s) {
+                    *d += s;
+                }
+            });
+    }
+    Ok(dx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::nf4::Nf4Config;
+    use rand::{Rng, SeedableRng};
+
+    fn plain(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, bt: bool) -> Vec<f64> {
+        // a [m, k]; b [n, k] when bt (a·bᵀ) else [k, n].
+        let mut out = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k)
+                    .map(|p| {
+                        let bv = if bt { b[j * k + p] } else { b[p * n + j] };
+                        f64::from(a[i * k + p]) * f64::from(bv)
+                    })
+                    .sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn tiled_products_equal_the_dequantised_weights_products() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        // Row counts around the tile size, odd widths (blocks straddle rows), one and many rows.
+        for &(m, n, k) in &[(1, 7, 64), (3, 64, 96), (5, 130, 40), (70, 65, 200)] {
+            let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let q = Nf4Tensor::quantize(
+                &w,
+                n,
+                k,
+                Nf4Config {
+                    blocksize: 64,
+                    double_quant: true,
+                },
+            )
+            .unwrap();
+            let mut wd = vec![0f32; n * k];
+            q.dequantize_rows_into(0, n, &mut wd).unwrap();
+            let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let mut y = vec![0.5f32; m * n];
+            linear(&x, m, &q, &mut y, true).unwrap();
+            let want = plain(&x, &wd, m, k, n, true);
+            for (a, b) in y.iter().zip(&want) {
+                assert!((f64::from(*a) - 0.5 - b).abs() < 1e-4, "{a} vs {b}");
+            }
+            let dy: Vec<f32> = (0..m * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let dx = linear_dx(&dy, m, &q).unwrap();
+            let want = plain(&dy, &wd, m, n, k, false);
+            for (a, b) in dx.iter().zip(&want) {
+                assert!((f64::from(*a) - b).abs() < 1e-4, "{a} vs {b}");
+            }
+        }
+    }
+}
