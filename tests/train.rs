@@ -201,7 +201,10 @@ fn qlora_on_a_model_loaded_as_nf4_matches_the_reference_and_holds_less() {
     let dense_model = model().network().resident_weight_bytes();
     eprintln!("resident weight bytes: NF4-loaded {on_nf4}, dense + NF4 copy {on_dense}, dense model {dense_model}");
     assert!(on_nf4 < dense_model, "{on_nf4} >= {dense_model}");
-    assert!(on_dense > dense_model, "the NF4 copy is not counted: {on_dense}");
+    assert!(
+        on_dense > dense_model,
+        "the NF4 copy is not counted: {on_dense}"
+    );
     assert_eq!(nf4.network().resident_weight_bytes(), on_nf4);
 }
 

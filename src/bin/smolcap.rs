@@ -324,6 +324,13 @@ struct BenchArgs {
     /// 32 on the decoder's seven projections, as tools/reference/bench_train_torch.py does).
     #[arg(long = "train-batch")]
     train_batch: Option<usize>,
+    /// With --train-batch: QLoRA (the decoder loaded straight to NF4, 4-bit codes only).
+    #[arg(long)]
+    qlora: bool,
+    /// With --train-batch: resize images so the longest edge is this (the trainer's
+    /// --image-longest-edge; default: the model's own).
+    #[arg(long = "train-longest-edge")]
+    train_longest_edge: Option<u32>,
 }
 
 #[derive(Args)]
@@ -520,12 +527,17 @@ fn main() -> ExitCode {
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn load_model(a: &ModelArgs) -> AnyResult<Model> {
+    load_model_with(a, false)
+}
+
+/// [`load_model`], with the decoder's linear weights as NF4 only when `nf4_decoder` (QLoRA).
+fn load_model_with(a: &ModelArgs, nf4_decoder: bool) -> AnyResult<Model> {
     let opts = LoadOptions {
+        nf4_decoder,
         dtype: Some(smolcap::device::parse_dtype(&a.dtype)?),
         device: smolcap::device::parse_device(&a.device)?,
         revision: a.revision.clone(),
         config_limits: a.limits.to_limits(),
-        ..LoadOptions::default()
     };
     Ok(Model::load(&a.model, &opts)?)
 }
@@ -717,10 +729,20 @@ fn inspect(a: InspectArgs) -> AnyResult<()> {
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`).
 fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+/// Resident set size of this process now in MiB (Linux `VmRSS`).
+fn current_rss_mb() -> f64 {
+    status_mb("VmRSS:")
+}
+
+/// A `/proc/self/status` size field in MiB (0 where there is none).
+fn status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+            s.lines().find(|l| l.starts_with(field)).and_then(|l| {
                 l.split_whitespace()
                     .nth(1)
                     .and_then(|v| v.parse::<f64>().ok())
@@ -1264,7 +1286,8 @@ const BENCH_CAPTION: &str =
 
 fn bench_train(a: &BenchArgs, batch: usize) -> AnyResult<()> {
     use smolcap::train::{Example, LoraOptions, TrainOptions, Trainer};
-    let model = std::sync::Arc::new(load_model(&a.model)?);
+    let model = std::sync::Arc::new(load_model_with(&a.model, a.qlora)?);
+    let loaded_rss = current_rss_mb();
     let bytes = std::fs::read(&a.image).map_err(|e| format!("{}: {e}", a.image))?;
     let img = SourceImage::decode(&bytes, &DecodeLimits::default())?;
     let ex: Vec<Example> = (0..batch.max(1))
@@ -1280,11 +1303,13 @@ fn bench_train(a: &BenchArgs, batch: usize) -> AnyResult<()> {
         dropout: 0.05,
         ..LoraOptions::default()
     };
-    let opts = TrainOptions {
+    let mut opts = TrainOptions {
         micro_batch: batch.max(1),
         total_steps: 100,
+        qlora: a.qlora,
         ..TrainOptions::default()
     };
+    opts.collate.longest_edge = a.train_longest_edge;
     let mut t = Trainer::new(model, lora, opts, None)?;
     t.step(&ex)?;
     let (step_s, st) = best_of(a.repeat.max(2), || Ok(t.step(&ex)?))?;
@@ -1294,6 +1319,9 @@ fn bench_train(a: &BenchArgs, batch: usize) -> AnyResult<()> {
         "batch": batch,
         "tokens": st.tokens,
         "trainable_parameters": t.trainable_parameters(),
+        "qlora": a.qlora,
+        "resident_weight_mb": t.resident_weight_bytes() as f64 / (1024.0 * 1024.0),
+        "rss_after_load_mb": loaded_rss,
         "peak_rss_mb": peak_rss_mb(),
     });
     let torch: Option<serde_json::Value> = match &a.torch_json {
@@ -1330,7 +1358,11 @@ fn bench_train(a: &BenchArgs, batch: usize) -> AnyResult<()> {
                 tr / peak_rss_mb()
             );
         }
-        None => println!("step {step_s:.2} s, peak RSS {:.0} MiB", peak_rss_mb()),
+        None => println!(
+            "step {step_s:.2} s, peak RSS {:.0} MiB (after load {loaded_rss:.0} MiB), frozen weights resident {:.0} MiB",
+            peak_rss_mb(),
+            t.resident_weight_bytes() as f64 / (1024.0 * 1024.0)
+        ),
     }
     Ok(())
 }

@@ -69,7 +69,6 @@ pub struct AttentionShape {
     pub causal: Option<usize>,
 }
 
-
 thread_local! {
     /// Each thread's attention score buffer, kept between calls so prompt-sized blocks do not
     /// map and fault in fresh pages every time.

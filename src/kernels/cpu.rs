@@ -7,8 +7,8 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::error::{Error, Result};
 use super::simd;
+use crate::error::{Error, Result};
 
 const CHUNK: usize = 16 * 1024;
 
@@ -565,7 +565,6 @@ impl SharedOut {
     }
 }
 
-
 /// Applies rotary embeddings (rotate-half form) to `x` `[b·l, heads·d]` at `positions` (one per
 /// row) from `cos`/`sin` tables `[positions, d/2]`; the output is `[b, l, heads, d]`, or
 /// `[b, heads, l, d]` (the cache layout) when `heads_first`.
@@ -869,5 +868,4 @@ mod tests {
             assert!(rope(&xs, &far, &cs, &ss, (b, l, h, d), true).is_err());
         }
     }
-
 }

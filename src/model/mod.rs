@@ -172,3 +172,76 @@ impl Idefics3 {
         Ok(merged.reshape((b, l, hdim))?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigLimits;
+    use crate::model::linear::Weight;
+    use crate::model::text::{KvCache, Logits};
+    use std::path::Path;
+
+    #[test]
+    fn an_nf4_decoder_gives_the_logits_of_its_dequantised_weights() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-idefics3");
+        let cfg =
+            ModelConfig::from_file(&dir.join("config.json"), &ConfigLimits::default()).unwrap();
+        let w = Weights::open(&dir, DType::F32, &Device::Cpu).unwrap();
+        let nf4 = Nf4Config {
+            blocksize: 64,
+            double_quant: true,
+        };
+        let quant = Idefics3::load_with(&w, &cfg, Some(nf4)).unwrap();
+        let mut dense = Idefics3::load_with(&w, &cfg, Some(nf4)).unwrap();
+        let mut n = 0;
+        for layer in &mut dense.text.layers {
+            let a = &mut layer.attn;
+            let m = &mut layer.mlp;
+            for l in [
+                &mut a.q,
+                &mut a.k,
+                &mut a.v,
+                &mut a.o,
+                &mut m.gate,
+                &mut m.up,
+                &mut m.down,
+            ] {
+                let d = l.weight.to_dense().unwrap();
+                assert!(matches!(l.weight, Weight::Nf4 { .. }));
+                l.weight = Weight::Dense(crate::kernels::cpu::store_transposed(d).unwrap());
+                n += 1;
+            }
+        }
+        assert_eq!(n, 7 * cfg.text.num_hidden_layers);
+        assert!(quant.resident_weight_bytes() < dense.resident_weight_bytes());
+        let ids: Vec<u32> = (0..40).map(|i| (i * 37 % 590) as u32).collect();
+        let ids = Tensor::from_vec(ids, (2, 20), &Device::Cpu).unwrap();
+        let pos: Vec<u32> = (0..2).flat_map(|_| 0..20u32).collect();
+        let pos = Tensor::from_vec(pos, (2, 20), &Device::Cpu).unwrap();
+        let logits = |m: &Idefics3| {
+            let mut cache = KvCache::new(&cfg.text, 2, 32, DType::F32, &Device::Cpu).unwrap();
+            let e = m.text.embed(&ids).unwrap();
+            m.text
+                .forward(&e, &pos, None, &mut cache, Logits::All, &LoraSet::empty())
+                .unwrap()
+        };
+        let (a, b) = (logits(&quant), logits(&dense));
+        let diff = (a - &b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let scale = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(scale > 0.1, "logits too flat to compare: {scale}");
+        assert!(diff <= 1e-4, "NF4 vs dequantised logits differ by {diff}");
+    }
+}

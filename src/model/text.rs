@@ -4,9 +4,9 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::{Activation, TextConfig};
 use crate::error::{Error, Result};
+use crate::kernels::{self, softmax_scaled};
 use crate::lora::LoraSet;
 use crate::model::linear::{Linear, RmsNorm};
-use crate::kernels::{self, softmax_scaled};
 use crate::model::vision::activate;
 use crate::model::weights::Weights;
 use crate::quant::nf4::Nf4Config;
@@ -160,8 +160,9 @@ impl TextModel {
             let lp = format!("{prefix}.layers.{i}");
             let ab = cfg.attention_bias;
             let mb = cfg.mlp_bias;
-            let lin =
-                |n: &str, i_dim, o_dim, b| Linear::load(w, &format!("{lp}.{n}"), (i_dim, o_dim), b, nf4);
+            let lin = |n: &str, i_dim, o_dim, b| {
+                Linear::load(w, &format!("{lp}.{n}"), (i_dim, o_dim), b, nf4)
+            };
             layers.push(Layer {
                 input_ln: RmsNorm::load(w, &format!("{lp}.input_layernorm"), h, cfg.rms_norm_eps)?,
                 attn: Attention {

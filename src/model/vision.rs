@@ -4,9 +4,9 @@ use candle_core::Tensor;
 
 use crate::config::{Activation, VisionConfig};
 use crate::error::{Error, Result};
+use crate::kernels;
 use crate::lora::LoraSet;
 use crate::model::linear::{LayerNorm, Linear};
-use crate::kernels;
 use crate::model::weights::Weights;
 
 /// Applies an activation function.
@@ -206,4 +206,3 @@ impl Attention {
         kernels::full_attention(&q, &k, &v, (n, l, h, hd), (hd as f64).powf(-0.5))
     }
 }
-

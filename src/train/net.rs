@@ -8,10 +8,10 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use crate::error::{Error, Result};
+use crate::kernels::grad::{self, AttnCache};
 use crate::model::linear::{Linear, Weight};
 use crate::model::Idefics3;
 use crate::quant::nf4::{Nf4Config, Nf4Tensor};
-use crate::kernels::grad::{self, AttnCache};
 
 /// Trainable tensors (f32) with their names, in a fixed order.
 #[derive(Debug, Clone, Default)]
