@@ -2,6 +2,7 @@
 //! tokens (`prompt`) → token ids.
 
 pub mod image;
+mod jpeg;
 pub mod prompt;
 pub mod resample;
 
