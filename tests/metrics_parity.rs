@@ -107,9 +107,85 @@ fn coco_realistic() {
     check("realistic", Suite::Coco);
 }
 
+// Wider corpora (issue 25, tools/reference/metrics_ref.py): random-token captions (small
+// vocabulary, very uneven lengths, repeats), mixed-script captions (accented Latin, CJK, emoji,
+// odd punctuation and quotes, unusual spaces) and multi-sentence captions with non-ASCII
+// sentence starters and ends.
+
+#[test]
+fn seed_random_tokens() {
+    check("random", Suite::Seed);
+}
+
+#[test]
+fn coco_random_tokens() {
+    check("random", Suite::Coco);
+}
+
+#[test]
+fn seed_unicode() {
+    check("unicode", Suite::Seed);
+}
+
+#[test]
+fn seed_sentences() {
+    check("sentences", Suite::Seed);
+}
+
+/// Mixed-script captions through the coco suite: the native PTB tokenizer follows the jar's own
+/// character classes (tools/reference/ptb_chars.py) but not its e-mail/URL-like rules, which
+/// swallow U+3000-separated runs around `@` and a few `$`/`:`-led tokens. The residue is stated
+/// and bounded here so that any regression fails.
+#[test]
+fn coco_unicode_known_gap() {
+    known_gap("unicode", 27);
+}
+
+/// Multi-sentence captions through the coco suite: the jar looks past the end of a caption
+/// (pycocoevalcap tokenizes all captions as one file): a lower-case letter + period at the end
+/// of a caption ("over a.") loses its period when the *next* caption starts with a capital,
+/// which a per-caption tokenizer cannot know; and emoticons after letters (`a:]`).
+#[test]
+fn coco_sentences_known_gap() {
+    known_gap("sentences", 6);
+}
+
+/// At most `max_differ` captions tokenized differently from the jar, corpus scores within 5e-4.
+fn known_gap(set: &str, max_differ: usize) {
+    let (cands, refs) = input(set);
+    let want = fixture(&format!("{set}_coco.json"));
+    let wc = strings(&want["ptb"]["cands"]);
+    let mut total = 0;
+    let mut differ = 0;
+    for (c, w) in cands.iter().zip(&wc) {
+        total += 1;
+        differ += usize::from(&ptb::coco_tokenize(c) != w);
+    }
+    for (rs, ws) in refs
+        .iter()
+        .zip(want["ptb"]["refs"].as_array().expect("refs"))
+    {
+        for (r, w) in rs.iter().zip(strings(ws)) {
+            total += 1;
+            differ += usize::from(ptb::coco_tokenize(r) != w);
+        }
+    }
+    println!("{set}: {differ} of {total} captions tokenized differently from the jar");
+    assert!(
+        differ <= max_differ,
+        "{set}: {differ} of {total} PTB mismatches"
+    );
+    let got = score(&cands, &refs, Suite::Coco).expect("score");
+    for (metric, w) in want["corpus"].as_object().expect("corpus") {
+        let d = (w.as_f64().expect("f64") - got.get(metric).expect("metric")).abs();
+        println!("{set}/coco/{metric}: corpus |d| {d:.3e}");
+        assert!(d <= 5e-4, "{set}/coco/{metric}: corpus |d| {d}");
+    }
+}
+
 #[test]
 fn ptb_tokens_equal_the_jar() {
-    for set in ["generated", "realistic"] {
+    for set in ["generated", "realistic", "random"] {
         let (cands, refs) = input(set);
         let want = &fixture(&format!("{set}_coco.json"))["ptb"];
         let wc = strings(&want["cands"]);

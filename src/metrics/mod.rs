@@ -22,6 +22,7 @@ pub mod cli;
 pub mod meteor;
 pub mod porter;
 pub mod ptb;
+mod ptb_chars;
 pub mod punkt;
 pub mod rouge;
 pub mod tokenize;

@@ -20,6 +20,11 @@ wordnet-base + wordnet-sense-index copied into <nltk_data>/corpora/wordnet with 
 file), rouge-score, pycocoevalcap, sacrebleu, numpy, java.
 
     python tools/reference/metrics_ref.py            # writes tests/fixtures/metrics/
+
+Corpora: `generated` and `realistic` (natural captions), and since issue 25 `random`
+(random tokens from a small vocabulary, uneven lengths), `unicode` (accented Latin, CJK, emoji,
+odd punctuation, quotes and spaces) and `sentences` (multi-sentence captions with non-ASCII
+starters and ends).
 """
 
 import argparse
@@ -229,6 +234,152 @@ def generate_corpus(seed, n_images, n_refs):
     rng = random.Random(seed)
     refs = [[make_caption(rng) for _ in range(n_refs)] for _ in range(n_images)]
     cands = [make_candidate(rng, r) for r in refs]
+    return cands, refs
+
+
+# Wider corpora (issue 25): captions the generator above never writes.
+ACCENTED = ["é", "É", "à", "ç", "ñ", "ü", "ö", "ø", "å", "ß", "œ", "æ", "ł", "ő", "ș", "İ", "ı",
+            "ẞ", "Ǆ", "ǅ", "ﬁ", "ŉ", "ǰ", "Σ", "ς", "σ", "Ω", "ж", "Я", "ё"]
+CJK = ["日本", "東京", "猫", "犬が走る", "一", "二十", "写真", "한국", "사람", "カメラ", "ひらがな", "中文字"]
+EMOJIS = ["😀", "🐶", "🍕", "👍🏽", "👨‍👩‍👧", "🇯🇵", "❤️", "✔", "☕", "🚲"]
+ODD_PUNCT = ["«", "»", "„", "‚", "‹", "›", "“", "”", "‘", "’", "`", "``", "''", "'", "\"", "–",
+             "—", "‐", "‑", "…", "·", "•", "¡", "¿", "§", "¶", "†", "©", "®", "™", "°", "±",
+             "×", "÷", "½", "¼", "²", "³", "µ", "¹", "%", "&", "#", "@", "*", "+", "=", "<",
+             ">", "|", "~", "^", "_", "/", "\\", "(", ")", "[", "]", "{", "}", "!", "?", ".",
+             ",", ";", ":", "-", "--", "...", "$", "€", "£", "¥", "\u00a0", "\u2009", "\u200b",
+             "\u0301", "\u0308"]
+ASCII_WORDS = ["dog", "dogs", "running", "ran", "runs", "cats", "happily", "happiness", "sat",
+               "sitting", "bikes", "biking", "generously", "national", "nationalism", "ed",
+               "es", "is", "as", "us", "ies", "sses", "ing", "ly", "y", "a", "i", "the", "of"]
+
+
+def random_word(rng):
+    """A token from a random alphabet: ASCII letters, accented Latin, CJK, emoji, digits."""
+    r = rng.random()
+    if r < 0.3:
+        return rng.choice(ASCII_WORDS)
+    if r < 0.5:
+        return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(1, 9)))
+    if r < 0.68:
+        base = rng.choice(ASCII_WORDS + ["cafe", "naive", "resume", "uber", "senor", "strasse"])
+        k = rng.randrange(0, len(base) + 1)
+        return base[:k] + rng.choice(ACCENTED) + base[k:]
+    if r < 0.78:
+        return rng.choice(CJK)
+    if r < 0.84:
+        return rng.choice(EMOJIS)
+    if r < 0.92:
+        return str(rng.randint(0, 3000)) + rng.choice(["", "s", "th", ".5", ",000", "%"])
+    return "".join(rng.choice(ACCENTED + list("xyzqw")) for _ in range(rng.randint(1, 4)))
+
+
+def random_caption(rng, vocab=None):
+    """Random tokens (from `vocab` when given) joined by spaces, odd punctuation and quotes."""
+    n = rng.randint(0, 14)
+    toks = []
+    for _ in range(n):
+        w = rng.choice(vocab) if vocab else random_word(rng)
+        x = rng.random()
+        if x < 0.15:
+            w = rng.choice(ODD_PUNCT) + w
+        elif x < 0.3:
+            w = w + rng.choice(ODD_PUNCT)
+        elif x < 0.35:
+            toks.append(rng.choice(ODD_PUNCT))
+        c = rng.random()
+        if c < 0.15:
+            w = w.upper()
+        elif c < 0.3:
+            w = w.capitalize()
+        toks.append(w)
+    sep = rng.choice([" ", " ", " ", "  ", "\t", "\u00a0", "\u3000"])
+    return sep.join(toks)
+
+
+def generate_random_tokens(seed, n_images, n_refs):
+    """Captions of random tokens from a small vocabulary (many shared n-grams, repeated words,
+    candidates and references of very different lengths): where CIDEr's IDF, clipping and
+    length penalty see shapes natural captions never give them."""
+    rng = random.Random(seed)
+    vocab = ["w%d" % i for i in range(40)] + ["a", "the", "of", "A", "The", ".", ","]
+    refs, cands = [], []
+    for _ in range(n_images):
+        rs = []
+        for _ in range(rng.choice([1, 2, 5, 5, 5, 7])):
+            n = rng.choice([0, 1, 2, 3, 5, 8, 12, 20, 30])
+            rs.append(" ".join(rng.choice(vocab) for _ in range(n)))
+        refs.append(rs)
+        base = rng.choice(rs).split()
+        x = rng.random()
+        if x < 0.3:
+            c = base
+        elif x < 0.6:
+            c = [t for t in base if rng.random() < 0.7] + [rng.choice(vocab)
+                                                            for _ in range(rng.randint(0, 6))]
+        else:
+            c = [rng.choice(vocab) for _ in range(rng.choice([0, 1, 2, 4, 9, 16, 40]))]
+        if rng.random() < 0.2 and c:
+            c = c * rng.randint(2, 3)
+        cands.append(" ".join(c))
+    return cands, refs
+
+
+def generate_unicode(seed, n_images, n_refs):
+    """Captions mixing ASCII, accented Latin, CJK, emoji, odd punctuation and quotes; candidates
+    copy, recase and perturb a reference so exact, stem and synonym stages all see them."""
+    rng = random.Random(seed)
+    refs, cands = [], []
+    for _ in range(n_images):
+        rs = [random_caption(rng) if rng.random() < 0.6 else make_caption(rng) + " " +
+              random_caption(rng) for _ in range(n_refs)]
+        refs.append(rs)
+        base = rng.choice(rs).split(" ")
+        out = []
+        for t in base:
+            x = rng.random()
+            if x < 0.1:
+                continue
+            if x < 0.2:
+                t = t.lower() if rng.random() < 0.5 else t.upper()
+            elif x < 0.25:
+                t = random_word(rng)
+            out.append(t)
+        cands.append(" ".join(out) if rng.random() < 0.85 else random_caption(rng))
+    return cands, refs
+
+
+STARTERS = ["Él", "Über", "Ça", "Ønsker", "Ästhetik", "İstanbul", "Ελλάδα", "Москва", "東京",
+            "«Le", "„Die", "“The", "‘A", "¿Qué", "¡Mira", "(Die", "[The", "…and", "—A", "Ñandú"]
+SENT_END = [".", "!", "?", "…", ".»", ".”", "!”", "?’", ".)", "。", "！", "？", ". . .", "..",
+            ".\"", ".'", "?!", ". —", "‽"]
+
+
+def generate_sentences(seed, n_images, n_refs):
+    """Several sentences per caption with non-ASCII sentence starters, closing quotes and odd
+    sentence ends, so NLTK's sentence splitter (punkt) and word tokenizer meet them."""
+    rng = random.Random(seed)
+
+    def sent():
+        words = [rng.choice(STARTERS)] if rng.random() < 0.5 else []
+        words += make_caption(rng).rstrip(".!? ").split(" ")[: rng.randint(2, 9)]
+        if rng.random() < 0.4:
+            words.insert(rng.randrange(len(words) + 1), random_word(rng))
+        if rng.random() < 0.2:
+            words.insert(rng.randrange(len(words) + 1), rng.choice(ABBREVS))
+        return " ".join(w for w in words if w) + rng.choice(SENT_END)
+
+    def caption():
+        return (" " if rng.random() < 0.8 else "  ").join(sent() for _ in range(rng.randint(1, 4)))
+
+    refs = [[caption() for _ in range(n_refs)] for _ in range(n_images)]
+    cands = []
+    for rs in refs:
+        c = rng.choice(rs)
+        if rng.random() < 0.5:
+            c = c.lower()
+        if rng.random() < 0.3:
+            c = caption()
+        cands.append(c)
     return cands, refs
 
 
@@ -583,6 +734,9 @@ def main():
         "realistic": ([c for c, _ in REALISTIC],
                       [r if i % 2 == 0 else r[1:] for i, (_, r) in enumerate(REALISTIC)]),
     }
+    sets["random"] = generate_random_tokens(args.seed + 19, 400, args.refs)
+    sets["unicode"] = generate_unicode(args.seed + 25, 600, args.refs)
+    sets["sentences"] = generate_sentences(args.seed + 31, 500, args.refs)
     for name, (cands, refs) in sets.items():
         write_json(os.path.join(args.out, f"{name}_input.json"), {"cands": cands, "refs": refs})
         corpus, per = seed_suite(cands, refs)
