@@ -162,8 +162,7 @@ pub(crate) fn decode_native(
     let mut out = vec![0u8; n];
     // SAFETY: `out` holds exactly width * height * channels bytes, the size tj3Decompress8
     // writes for pitch 0 (= width * pixel size) and this pixel format; `bytes` is only read.
-    let rc =
-        unsafe { tj::tj3Decompress8(d.0, bytes.as_ptr(), len, out.as_mut_ptr(), 0, pf as i32) };
+    let rc = unsafe { tj::tj3Decompress8(d.0, bytes.as_ptr(), len, out.as_mut_ptr(), 0, pf) };
     if rc != 0 {
         let msg = d.message();
         if !d.is_warning() {
