@@ -131,7 +131,7 @@ impl ParquetFiles {
 
 impl PFile {
     fn open(path: PathBuf, label: String) -> Result<Self> {
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let file = crate::fsio::open_regular(&path)?;
         let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
             .map_err(|e| Error::format(&path, format!("not a readable parquet file: {e}")))?;
         let cols = Self::columns(&path, &meta)?;
@@ -254,7 +254,7 @@ impl PFile {
     }
 
     fn builder(&self) -> Result<ParquetRecordBatchReaderBuilder<File>> {
-        let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let file = crate::fsio::open_regular(&self.path)?;
         Ok(ParquetRecordBatchReaderBuilder::new_with_metadata(
             file,
             self.meta.clone(),
