@@ -157,9 +157,10 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Removes every `.NAME.tmp-PID[-N]` / `.NAME.old-PID-N` entry of `dir` left by a save whose
-/// process died, whatever NAME: called when a run starts in an output directory, so the
-/// leftovers of saves that will never be repeated (a killed run's checkpoint-N) go too.
+/// Removes every `.NAME.tmp-PID[-N]` / `.NAME.old-PID-N` / `.NAME.link-PID` entry of `dir`
+/// left by a save whose process died, whatever NAME: called when a run starts in an output
+/// directory (and by [`publish_set`]), so the leftovers of saves that will never be repeated
+/// (a killed run's checkpoint-N) go too.
 pub fn remove_stale_all(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -173,7 +174,8 @@ pub fn remove_stale_all(dir: &Path) {
         let tail = rest
             .rfind(".tmp-")
             .or_else(|| rest.rfind(".old-"))
-            .map(|i| &rest[i + 5..]);
+            .map(|i| &rest[i + 5..])
+            .or_else(|| rest.rfind(".link-").map(|i| &rest[i + 6..]));
         let Some(tail) = tail else { continue };
         let mut parts = tail.split('-');
         let pid = parts.next().and_then(|p| p.parse::<u32>().ok());
@@ -348,6 +350,7 @@ pub fn publish_set(
     fill: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<Vec<PathBuf>> {
     ensure_dir(dir)?;
+    remove_stale_all(dir);
     let set_dir = dir.join(sub);
     write_dir_atomic(&set_dir, fill)?;
     let mut names: Vec<String> = std::fs::read_dir(&set_dir)

@@ -209,7 +209,7 @@ fn images_datasets_metrics_adapters_checkpoints_that_are_not_regular_files() {
             "Adapter::load, non-regular file",
             "Trainer::resume, non-regular file",
         ],
-        60,
+        48,
     );
 }
 

@@ -259,7 +259,7 @@ fn huge_text_is_refused_before_tokenizing() {
             "Dataset::open, caption bytes",
             "metrics::score, caption bytes",
         ],
-        12,
+        11,
     );
 }
 

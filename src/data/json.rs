@@ -10,12 +10,27 @@ use serde_json::Value;
 use super::{BadRow, Dataset, ImageId, ImageRef, Sample, SourceKind};
 use crate::error::{Error, Result};
 
-/// Most entries of one JSON array (images, annotations, an image's sentences) and most rows
-/// of a JSONL manifest: all of COCO is ~617,000 captions. Checked while parsing, so a file of
-/// millions of tiny entries cannot expand to gigabytes of parsed structures.
-pub const MAX_ENTRIES: usize = 4_000_000;
+/// Most array entries in one JSON file (images, annotations and sentences together) and most
+/// rows of a JSONL manifest: all of COCO is ~617,000 captions. Counted while parsing, so a file
+/// of millions of tiny entries cannot expand into gigabytes of parsed structures.
+pub const MAX_ENTRIES: usize = 2_000_000;
 
-/// A JSON array refused, while it is parsed, past [`MAX_ENTRIES`] elements.
+thread_local! {
+    /// Entries the parse running on this thread may still create (see [`parse_bounded`]).
+    static ENTRIES_LEFT: std::cell::Cell<usize> = const { std::cell::Cell::new(MAX_ENTRIES) };
+}
+
+/// Parses `text` with a fresh budget of [`MAX_ENTRIES`] array entries for all the
+/// [`Bounded`] arrays in it.
+pub(crate) fn parse_bounded<T: serde::de::DeserializeOwned>(text: &str) -> serde_json::Result<T> {
+    ENTRIES_LEFT.with(|c| c.set(MAX_ENTRIES));
+    let r = serde_json::from_str(text);
+    ENTRIES_LEFT.with(|c| c.set(MAX_ENTRIES));
+    r
+}
+
+/// A JSON array whose entries count against the parse's budget of [`MAX_ENTRIES`]: past it
+/// the parse fails before more are allocated.
 pub(crate) struct Bounded<T>(pub(crate) Vec<T>);
 
 impl<T> Default for Bounded<T> {
@@ -53,9 +68,14 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Bounded<T> {
             ) -> std::result::Result<Self::Value, A::Error> {
                 let mut v = Vec::new();
                 while let Some(x) = seq.next_element()? {
-                    if v.len() >= MAX_ENTRIES {
+                    let left = ENTRIES_LEFT.with(|c| {
+                        let n = c.get();
+                        c.set(n.saturating_sub(1));
+                        n
+                    });
+                    if left == 0 {
                         return Err(serde::de::Error::custom(format!(
-                            "an array of more than {MAX_ENTRIES} entries (limit)"
+                            "more than {MAX_ENTRIES} array entries in the file (limit)"
                         )));
                     }
                     v.push(x);
@@ -174,7 +194,7 @@ struct CocoAnnotation {
 
 fn read_json(path: &Path) -> Result<AnyJson> {
     let text = crate::fsio::read_text_limited(path, super::MAX_INDEX_FILE_BYTES)?;
-    serde_json::from_str(&text).map_err(|e| {
+    parse_bounded(&text).map_err(|e| {
         Error::format(
             path,
             format!("not a COCO captions or Karpathy dataset JSON object: {e}"),

@@ -84,6 +84,15 @@ impl ParquetFiles {
         let mut base = 0usize;
         for (fi, (path, label)) in files.into_iter().enumerate() {
             let f = PFile::open(path, label)?;
+            // Rows are counted from the metadata before any is indexed.
+            let rows = f.rg_start.last().copied().unwrap_or(0);
+            if base.saturating_add(rows) > super::MAX_ENTRIES {
+                return Err(Error::Limit(format!(
+                    "{}: the parquet files hold more than {} rows",
+                    f.path.display(),
+                    super::MAX_ENTRIES
+                )));
+            }
             let n = f.index(fi, base, &mut samples, &mut bad)?;
             base += n;
             out.push(f);

@@ -46,7 +46,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<
             msg: other.to_string(),
         },
     })?;
-    serde_json::from_str(&text).map_err(|e| MetricsError::Format {
+    crate::data::json::parse_bounded(&text).map_err(|e| MetricsError::Format {
         path: p,
         msg: format!("expected {what}: {e}"),
     })
