@@ -410,13 +410,11 @@ pub fn check_output_dir(dir: &Path) -> Result<()> {
     match std::fs::metadata(dir) {
         Ok(m) if !m.is_dir() => {
             let kind = non_regular_kind(&m).unwrap_or("a regular file");
-            Err(Error::io(
-                dir,
-                std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    format!("the output directory is {kind}, not a directory; remove it or choose another path"),
-                ),
-            ))
+            Err(Error::InvalidArgument(format!(
+                "{}: the output directory is {kind}, not a directory; remove it or choose \
+                 another path",
+                dir.display()
+            )))
         }
         _ => Ok(()),
     }
@@ -427,16 +425,7 @@ pub fn check_output_dir(dir: &Path) -> Result<()> {
 pub fn ensure_dir(dir: &Path) -> Result<()> {
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(m) => {
-            let kind = non_regular_kind(&m).unwrap_or("a regular file");
-            Err(Error::io(
-                dir,
-                std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    format!("the output directory is {kind}, not a directory"),
-                ),
-            ))
-        }
+        Ok(_) => check_output_dir(dir),
         Err(_) => std::fs::create_dir_all(dir).map_err(|e| {
             // A parent that is a file gives ENOTDIR / EEXIST: name the culprit.
             let culprit = dir

@@ -396,7 +396,7 @@ fn training_run_publishes_its_adapter_as_one_unit() {
     expect_err(
         "train output dir is a file",
         r,
-        "io",
+        "invalid",
         &["not-a-dir", "regular file"],
     );
 
@@ -415,7 +415,7 @@ fn training_run_publishes_its_adapter_as_one_unit() {
     expect_err(
         "merge output dir is a file",
         r.map(|_| ()),
-        "io",
+        "invalid",
         &["not-a-dir", "regular file"],
     );
     let r = smolcap::fsio::publish_set(&file.join("sub"), "eval_outputs", |_| Ok(()));
