@@ -93,7 +93,7 @@ fn training_on_rows_without_a_usable_image_stops() {
             .map(|_| ())
         });
         count("train::run, no usable image");
-        expect_err(&case, r, "image", &["none of the 40 rows", "train.jsonl"]);
+        expect_err(&case, r, "image", &["40 rows in a row", "train.jsonl"]);
     }
     let _ = std::fs::remove_dir_all(&root);
     report(&["train::run, no usable image"], 2);

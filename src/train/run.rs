@@ -125,6 +125,11 @@ fn image_key(id: &data::ImageId) -> u64 {
     h
 }
 
+/// Rows in a row without a usable image after which a run stops (or one pass, if shorter):
+/// a dataset whose images cannot be read fails in well under a second, not after a pass over
+/// millions of rows.
+const MAX_UNUSABLE_ROWS: usize = 1000;
+
 /// Most "skipping <image>" warnings printed in one run; later ones are only counted.
 const MAX_SKIP_WARNINGS: usize = 20;
 
@@ -361,15 +366,17 @@ pub fn run(
         let ex = examples(&ds, &picked, &mut bad, &mut skips)?;
         report.bad_rows += bad;
         if ex.is_empty() {
-            // Bounded: a whole pass over the rows without one usable image ends the run.
+            // Bounded: a whole pass over the rows, or MAX_UNUSABLE_ROWS rows in a row, without
+            // one usable image ends the run.
             unusable_rows += picked.len();
-            if unusable_rows >= rows.len() {
+            if unusable_rows >= rows.len().min(MAX_UNUSABLE_ROWS) {
                 return Err(Error::Image(format!(
-                    "none of the {} rows of {} (split {}) has an image that can be read and \
-                     decoded; first failure: {}",
-                    rows.len(),
+                    "{} rows in a row of {} (split {}, {} rows) have no image that can be read \
+                     and decoded; first failure: {}",
+                    unusable_rows,
                     opts.train.id,
                     opts.train.split,
+                    rows.len(),
                     skips.first.as_deref().unwrap_or("none recorded")
                 )));
             }
