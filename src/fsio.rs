@@ -364,11 +364,12 @@ pub fn publish_set(
         let link = dir.join(name);
         let target = Path::new(sub).join(name);
         match std::fs::symlink_metadata(&link) {
-            Ok(m) if m.file_type().is_symlink() => {
-                if std::fs::read_link(&link).is_ok_and(|t| t == target) {
-                    out.push(link);
-                    continue;
-                }
+            Ok(m)
+                if m.file_type().is_symlink()
+                    && std::fs::read_link(&link).is_ok_and(|t| t == target) =>
+            {
+                out.push(link);
+                continue;
             }
             Ok(m) if m.is_dir() => {
                 return Err(Error::io(

@@ -234,6 +234,9 @@ fn adapters_and_merges_that_would_be_silently_wrong() {
     );
 }
 
+/// An edit of a checkpoint's trainer_state.json.
+type Edit = Box<dyn Fn(&mut Value)>;
+
 #[test]
 fn nonsensical_training_options_and_checkpoints() {
     let m = model();
@@ -415,7 +418,7 @@ fn nonsensical_training_options_and_checkpoints() {
     let state: Value =
         serde_json::from_str(&std::fs::read_to_string(good.join("trainer_state.json")).unwrap())
             .unwrap();
-    let edits: Vec<(&str, Box<dyn Fn(&mut Value)>, &[&str])> = vec![
+    let edits: Vec<(&str, Edit, &[&str])> = vec![
         (
             "absurd step",
             Box::new(|v: &mut Value| v["step"] = json!(u64::MAX)),
@@ -455,9 +458,11 @@ fn nonsensical_training_options_and_checkpoints() {
     for (label, edit, needles) in edits {
         let dir = root.join(label.replace([' ', '>'], "-"));
         std::fs::create_dir_all(&dir).unwrap();
-        for f in ["optimizer.safetensors"] {
-            std::fs::copy(good.join(f), dir.join(f)).unwrap();
-        }
+        std::fs::copy(
+            good.join("optimizer.safetensors"),
+            dir.join("optimizer.safetensors"),
+        )
+        .unwrap();
         hc::copy_dir(&good.join("adapter"), &dir.join("adapter"));
         let mut v = state.clone();
         edit(&mut v);
