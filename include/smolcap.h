@@ -17,8 +17,10 @@
  *   of smolcap_load_params (safetensors header bytes, layers, hidden size, heads, vocabulary,
  *   positions, vision image size, adapter rank). Per call: smolcap_generate_params
  *   (max_image_pixels, max_image_bytes, max_prompt_tokens, max_new_tokens <= the model's
- *   max_position_embeddings, batch_size <= SMOLCAP_MAX_BATCH, max_kv_cache_bytes). JSON files
- *   are read up to 64 MiB, tokenizer.json up to 1 GiB. Defaults are in README "Hostile input".
+ *   max_position_embeddings, batch_size <= SMOLCAP_MAX_BATCH, max_kv_cache_bytes,
+ *   max_prompt_bytes, max_caption_bytes); smolcap_train_params.max_caption_bytes. JSON files
+ *   are read up to 64 MiB, tokenizer.json up to 1 GiB; only regular files are read (a FIFO or
+ *   device is SMOLCAP_STATUS_IO). Defaults and all limits are in docs/ROBUSTNESS.md.
  */
 
 #ifndef SMOLCAP_H
@@ -552,6 +554,16 @@ typedef struct smolcap_generate_params {
    * checked before allocating, from batch size × beams × (prompt + max_new_tokens).
    */
   uint64_t max_kv_cache_bytes;
+  /**
+   * Limit: longest `prompt`, in bytes, checked before it is rendered or tokenized
+   * (default 256 KiB).
+   */
+  uint64_t max_prompt_bytes;
+  /**
+   * Limit: longest caption `smolcap_session_score` accepts, in bytes, checked before it is
+   * tokenized (default 64 KiB).
+   */
+  uint64_t max_caption_bytes;
 } smolcap_generate_params;
 
 /**
@@ -753,6 +765,11 @@ typedef struct smolcap_train_params {
    * (default 10); each such step is skipped with the parameters unchanged.
    */
   uint32_t max_bad_steps;
+  /**
+   * Limit: longest caption of an example, in bytes, checked before it is tokenized; a
+   * longer example is rejected and counted in `smolcap_step_stats.rejected` (default 64 KiB).
+   */
+  uint64_t max_caption_bytes;
 } smolcap_train_params;
 
 /**
@@ -802,7 +819,8 @@ typedef struct smolcap_step_stats {
    */
   uint32_t examples;
   /**
-   * Examples rejected because their prompt does not fit `max_seq_len`.
+   * Examples rejected: their prompt does not fit `max_seq_len`, or their caption is longer
+   * than `max_caption_bytes`.
    */
   uint32_t rejected;
   /**

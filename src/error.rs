@@ -95,6 +95,7 @@ impl From<crate::metrics::MetricsError> for Error {
                 msg,
             },
             M::WordNet(_) => Error::Internal(e.to_string()),
+            M::Limit(m) => Error::Limit(m),
             _ => Error::InvalidArgument(e.to_string()),
         }
     }

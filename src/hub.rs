@@ -292,7 +292,7 @@ fn from_cache(cache: &Cache, repo: Repo, spec: &str, rev: &str) -> Result<PathBu
 }
 
 fn index_shards(idx: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(idx).map_err(|e| Error::io(idx, e))?;
+    let text = crate::fsio::read_text_limited(idx, crate::fsio::MAX_JSON_BYTES)?;
     let v: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::format(idx, format!("invalid JSON: {e}")))?;
     let map = v

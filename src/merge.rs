@@ -128,6 +128,7 @@ pub fn merge_save(
             "max_shard_bytes must be positive".into(),
         ));
     }
+    crate::fsio::check_output_dir(out_dir)?;
     let base_c = std::fs::canonicalize(base_dir).map_err(|e| Error::io(base_dir, e))?;
     if let Ok(m) = std::fs::symlink_metadata(out_dir) {
         if !m.is_dir() {
@@ -270,17 +271,39 @@ fn write_all(
                         ),
                     ));
                 }
-                tensor_bytes(&rep.to_dtype(target)?)?
+                let rep = rep.to_dtype(target)?;
+                if !all_finite(&rep)? {
+                    return Err(Error::format(
+                        base_dir,
+                        format!(
+                            "modules_to_save tensor {n} has non-finite values in {}; \
+                             nothing was written",
+                            target.as_str()
+                        ),
+                    ));
+                }
+                tensor_bytes(&rep)?
             } else if let Some(ds) = deltas.get(n) {
                 let target = st_to_candle(dt)
                     .filter(|d| d.is_float())
                     .ok_or_else(|| Error::Unsupported(format!("merge into {n} of dtype {dt:?}")))?;
-                let mut acc = w.get_as(n, DType::F32)?;
+                let base = w.get_as(n, DType::F32)?;
+                let mut acc = base.clone();
                 for (a, b, s) in ds {
                     let d = b.to_dtype(DType::F32)?.matmul(&a.to_dtype(DType::F32)?)?;
                     acc = (acc + (d * *s)?)?;
                 }
-                tensor_bytes(&acc.to_dtype(target)?)?
+                let merged = acc.to_dtype(target)?;
+                // A finite but huge scale overflows the stored dtype: refuse rather than write
+                // infinite weights (a base that was already non-finite is left as it is).
+                if !all_finite(&merged)? && all_finite(&base)? {
+                    return Err(Error::InvalidArgument(format!(
+                        "merging into {n} gives non-finite weights in {} (the adapter scale \
+                         x B·A overflows); nothing was written",
+                        target.as_str()
+                    )));
+                }
+                tensor_bytes(&merged)?
             } else {
                 w.raw(n)?.2
             };
@@ -319,10 +342,15 @@ fn write_all(
     }
     for f in COPIED {
         let src = base_dir.join(f);
-        if src.is_file() {
-            let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+        if crate::fsio::regular_file_exists(&src)? {
+            let bytes = crate::fsio::read_limited(&src, crate::fsio::MAX_TOKENIZER_BYTES)?;
             crate::fsio::write_file_synced(&tmp.join(f), &bytes)?;
         }
     }
     Ok(())
+}
+/// Whether every element of `t` is finite.
+fn all_finite(t: &Tensor) -> Result<bool> {
+    let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(v.iter().all(|x| x.is_finite()))
 }

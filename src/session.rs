@@ -75,6 +75,11 @@ pub struct CaptionOptions {
     pub max_batch: usize,
     /// Largest key/value cache allocated for one batch, in bytes.
     pub max_kv_cache_bytes: u64,
+    /// Longest accepted prompt text, in bytes, checked before the chat template is rendered or
+    /// anything is tokenized (tokenizing costs ~190 bytes of memory per input byte).
+    pub max_prompt_bytes: usize,
+    /// Longest caption accepted by [`Model::caption_nll`], in bytes, checked before tokenizing.
+    pub max_caption_bytes: usize,
 }
 
 /// Default of [`CaptionOptions::max_prompt_tokens`].
@@ -83,6 +88,11 @@ pub const DEFAULT_MAX_PROMPT_TOKENS: usize = 16_384;
 pub const DEFAULT_MAX_BATCH: usize = 256;
 /// Default of [`CaptionOptions::max_kv_cache_bytes`] (8 GiB).
 pub const DEFAULT_MAX_KV_CACHE_BYTES: u64 = 8 << 30;
+/// Default of [`CaptionOptions::max_prompt_bytes`] (256 KiB: 16× the default token limit's
+/// worth of typical text; tokenizing it takes ~50 MB and well under a second).
+pub const DEFAULT_MAX_PROMPT_BYTES: usize = 256 << 10;
+/// Default of [`CaptionOptions::max_caption_bytes`] (64 KiB).
+pub const DEFAULT_MAX_CAPTION_BYTES: usize = 64 << 10;
 
 /// A loaded adapter and the multiplier it is applied with (1.0 = as trained).
 #[derive(Debug, Clone)]
@@ -105,6 +115,8 @@ impl Default for CaptionOptions {
             adapters: Vec::new(),
             max_batch: DEFAULT_MAX_BATCH,
             max_kv_cache_bytes: DEFAULT_MAX_KV_CACHE_BYTES,
+            max_prompt_bytes: DEFAULT_MAX_PROMPT_BYTES,
+            max_caption_bytes: DEFAULT_MAX_CAPTION_BYTES,
         }
     }
 }
@@ -234,6 +246,13 @@ impl Model {
 
     /// Renders and tokenizes one prompt with its images.
     pub fn prepare(&self, images: &[&SourceImage], opts: &CaptionOptions) -> Result<Prepared> {
+        if opts.prompt.len() > opts.max_prompt_bytes {
+            return Err(Error::Limit(format!(
+                "prompt of {} bytes exceeds max_prompt_bytes {}",
+                opts.prompt.len(),
+                opts.max_prompt_bytes
+            )));
+        }
         let text = self
             .processor
             .prompt_text(&opts.prompt, images.len(), opts.mode)?;
@@ -342,6 +361,13 @@ impl Model {
         opts: &CaptionOptions,
         caption: &str,
     ) -> Result<CaptionNll> {
+        if caption.len() > opts.max_caption_bytes {
+            return Err(Error::Limit(format!(
+                "caption of {} bytes exceeds max_caption_bytes {}",
+                caption.len(),
+                opts.max_caption_bytes
+            )));
+        }
         let mut p = self.prepare(images, opts)?;
         let prompt_len = p.input_ids.len();
         let mut target = self.processor.tokenizer.encode_plain(caption)?;
@@ -610,22 +636,33 @@ impl StepModel for BatchState<'_> {
 }
 
 /// Stop ids and pad id: generation_config.json, then config.json, then the tokenizer's eos.
+/// Every id is checked where it is read: an integer (not a float, string or negative number),
+/// inside the tokenizer's vocabulary; an error names the file and the field.
 fn special_ids(dir: &Path, p: &Processor) -> Result<(Vec<u32>, u32)> {
+    let vocab = p.tokenizer.vocab_size() as u64;
     let mut stops: Vec<u32> = Vec::new();
     let mut pad: Option<u32> = None;
     for f in ["generation_config.json", "config.json"] {
         let path = dir.join(f);
-        if !path.is_file() {
+        if !crate::fsio::regular_file_exists(&path)? {
             continue;
         }
         let text = crate::fsio::read_text_limited(&path, crate::fsio::MAX_JSON_BYTES)?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| Error::format(&path, format!("invalid JSON: {e}")))?;
+        // Only the fields that are used are read (and checked).
         if stops.is_empty() {
-            stops = ids_of(v.get("eos_token_id"));
+            stops = ids_of(&path, "eos_token_id", v.get("eos_token_id"), vocab)?;
         }
         if pad.is_none() {
-            pad = ids_of(v.get("pad_token_id")).first().copied();
+            let pad_ids = ids_of(&path, "pad_token_id", v.get("pad_token_id"), vocab)?;
+            if pad_ids.len() > 1 {
+                return Err(Error::format(
+                    &path,
+                    "pad_token_id: expected one token id, not a list",
+                ));
+            }
+            pad = pad_ids.first().copied();
         }
     }
     if stops.is_empty() {
@@ -633,24 +670,43 @@ fn special_ids(dir: &Path, p: &Processor) -> Result<(Vec<u32>, u32)> {
             stops.push(id);
         }
     }
-    let vocab = p.tokenizer.vocab_size() as u32;
-    if let Some(bad) = stops.iter().find(|&&t| t >= vocab.max(1)) {
-        return Err(Error::format(
-            dir.join("generation_config.json"),
-            format!("eos_token_id {bad} is outside the tokenizer vocabulary"),
-        ));
-    }
     let pad = pad.or_else(|| stops.first().copied()).unwrap_or(0);
     Ok((stops, pad))
 }
 
-fn ids_of(v: Option<&Value>) -> Vec<u32> {
+/// Token ids of `field` in `path`: absent or null gives none; otherwise an integer or a list
+/// of integers, each in `0..vocab` (never narrowed with wrap-around).
+fn ids_of(path: &Path, field: &str, v: Option<&Value>, vocab: u64) -> Result<Vec<u32>> {
+    let one = |x: &Value, at: String| -> Result<u32> {
+        let id = match x {
+            Value::Number(n) => n.as_u64().ok_or_else(|| {
+                Error::format(
+                    path,
+                    format!("{at}: {n} is not a token id (a non-negative integer)"),
+                )
+            })?,
+            other => {
+                return Err(Error::format(
+                    path,
+                    format!("{at}: expected a token id (an integer), found {other}"),
+                ))
+            }
+        };
+        if id >= vocab.max(1) {
+            return Err(Error::format(
+                path,
+                format!("{at}: token id {id} is outside the tokenizer's vocabulary of {vocab}"),
+            ));
+        }
+        Ok(id as u32)
+    };
     match v {
-        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(a)) => a
             .iter()
-            .filter_map(|x| x.as_u64().map(|x| x as u32))
+            .enumerate()
+            .map(|(i, x)| one(x, format!("{field}[{i}]")))
             .collect(),
-        _ => Vec::new(),
+        Some(x) => Ok(vec![one(x, field.to_string())?]),
     }
 }

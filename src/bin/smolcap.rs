@@ -2,7 +2,7 @@
 
 use std::io::Read;
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 
@@ -119,6 +119,12 @@ struct EvalArgs {
     /// Longest accepted prompt in tokens.
     #[arg(long, default_value_t = 16_384)]
     max_prompt_tokens: usize,
+    /// Longest accepted prompt text, in bytes (checked before rendering or tokenizing).
+    #[arg(long, default_value_t = smolcap::session::DEFAULT_MAX_PROMPT_BYTES)]
+    max_prompt_bytes: usize,
+    /// Longest reference caption kept, in bytes (longer dataset rows are skipped and listed).
+    #[arg(long, default_value_t = smolcap::data::DEFAULT_MAX_CAPTION_BYTES)]
+    max_caption_bytes: usize,
 }
 
 #[derive(Args)]
@@ -186,22 +192,19 @@ struct TrainArgs {
     /// QLoRA: frozen decoder weights stored as NF4 (block 64, double quantisation).
     #[arg(long = "use-qlora", alias = "use_qlora")]
     use_qlora: bool,
-    /// LoRA rank.
-    #[arg(long = "lora-r", alias = "lora_r", default_value_t = 16)]
-    lora_r: usize,
-    /// LoRA alpha.
-    #[arg(long = "lora-alpha", alias = "lora_alpha", default_value_t = 32.0)]
-    lora_alpha: f64,
-    /// LoRA dropout.
-    #[arg(long = "lora-dropout", alias = "lora_dropout", default_value_t = 0.05)]
-    lora_dropout: f32,
-    /// Comma-separated module names that get LoRA.
-    #[arg(
-        long = "lora-targets",
-        alias = "lora_targets",
-        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-    )]
-    lora_targets: String,
+    /// LoRA rank [default: 16; with --resume: the checkpoint's].
+    #[arg(long = "lora-r", alias = "lora_r")]
+    lora_r: Option<usize>,
+    /// LoRA alpha [default: 32; with --resume: the checkpoint's].
+    #[arg(long = "lora-alpha", alias = "lora_alpha")]
+    lora_alpha: Option<f64>,
+    /// LoRA dropout [default: 0.05; with --resume: the checkpoint's].
+    #[arg(long = "lora-dropout", alias = "lora_dropout")]
+    lora_dropout: Option<f32>,
+    /// Comma-separated module names that get LoRA [default:
+    /// q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj; with --resume: the checkpoint's].
+    #[arg(long = "lora-targets", alias = "lora_targets")]
+    lora_targets: Option<String>,
     /// Keep the vision tower frozen (the default; accepted for the seed's command lines).
     #[arg(long = "freeze-vision", alias = "freeze_vision")]
     freeze_vision: bool,
@@ -256,6 +259,13 @@ struct TrainArgs {
     /// The instruction that goes with each image.
     #[arg(long, default_value = smolcap::session::DEFAULT_PROMPT)]
     prompt: String,
+    /// Longest caption accepted, in bytes (checked before tokenizing; longer rows are skipped).
+    #[arg(
+        long = "max-caption-bytes",
+        alias = "max_caption_bytes",
+        default_value_t = smolcap::train::DEFAULT_MAX_CAPTION_BYTES
+    )]
+    max_caption_bytes: usize,
 }
 
 #[derive(Args)]
@@ -272,6 +282,12 @@ struct ScoreArgs {
     /// Print all corpus and per-image scores as JSON.
     #[arg(long)]
     json: bool,
+    /// Longest caption (candidate or reference) scored, in bytes; a longer one is an error.
+    #[arg(
+        long = "max-caption-bytes",
+        default_value_t = smolcap::metrics::DEFAULT_MAX_CAPTION_BYTES
+    )]
+    max_caption_bytes: usize,
 }
 
 #[derive(Args)]
@@ -435,6 +451,9 @@ struct PromptArgs {
     /// tiles are allocated).
     #[arg(long, default_value_t = smolcap::session::DEFAULT_MAX_PROMPT_TOKENS)]
     max_prompt_tokens: usize,
+    /// Longest accepted prompt text, in bytes (checked before rendering or tokenizing).
+    #[arg(long, default_value_t = smolcap::session::DEFAULT_MAX_PROMPT_BYTES)]
+    max_prompt_bytes: usize,
     /// Largest key/value cache allocated for one batch, in bytes.
     #[arg(long, default_value_t = smolcap::session::DEFAULT_MAX_KV_CACHE_BYTES)]
     max_kv_cache_bytes: u64,
@@ -561,17 +580,10 @@ fn read_image(spec: &str, limits: &DecodeLimits) -> AnyResult<SourceImage> {
         v
     } else {
         let p = PathBuf::from(spec);
-        let len = std::fs::metadata(&p)
-            .map_err(|e| format!("{spec}: {e}"))?
-            .len();
-        if len > limits.max_encoded_bytes {
-            return Err(format!(
-                "{spec}: {len} bytes exceeds the limit of {} (--max-image-bytes)",
-                limits.max_encoded_bytes
-            )
-            .into());
-        }
-        std::fs::read(&p).map_err(|e| format!("{spec}: {e}"))?
+        smolcap::fsio::read_limited(&p, limits.max_encoded_bytes).map_err(|e| match e {
+            smolcap::Error::Limit(m) => format!("{m} (--max-image-bytes)"),
+            e => e.to_string(),
+        })?
     };
     if bytes.len() as u64 > limits.max_encoded_bytes {
         return Err(format!(
@@ -593,6 +605,7 @@ fn caption_options(p: &PromptArgs) -> CaptionOptions {
         },
         longest_edge: p.image_longest_edge,
         max_prompt_tokens: p.max_prompt_tokens,
+        max_prompt_bytes: p.max_prompt_bytes,
         max_kv_cache_bytes: p.max_kv_cache_bytes,
         max_batch: p.max_batch,
         ..Default::default()
@@ -639,6 +652,14 @@ fn caption(a: CaptionArgs) -> AnyResult<()> {
     opts.params.validate()?;
     if a.batch_size == 0 {
         return Err("--batch-size must be at least 1".into());
+    }
+    if opts.prompt.len() > opts.max_prompt_bytes {
+        return Err(format!(
+            "--prompt of {} bytes exceeds --max-prompt-bytes {}",
+            opts.prompt.len(),
+            opts.max_prompt_bytes
+        )
+        .into());
     }
     let lim = limits(&a.prompt);
     let images: Vec<SourceImage> = a
@@ -802,7 +823,10 @@ fn bench(a: BenchArgs) -> AnyResult<()> {
     let model = load_model(&a.model)?;
     let load_s = t.elapsed().as_secs_f64();
     let lim = DecodeLimits::default();
-    let bytes = std::fs::read(&a.image).map_err(|e| format!("{}: {e}", a.image))?;
+    let bytes = smolcap::fsio::read_limited(
+        Path::new(&a.image),
+        smolcap::processor::image::DecodeLimits::default().max_encoded_bytes,
+    )?;
     let opts = CaptionOptions {
         params: GenerateParams {
             max_new_tokens: a.new_tokens,
@@ -874,9 +898,10 @@ fn bench(a: BenchArgs) -> AnyResult<()> {
         "decode_floor_ms_per_token": floor_ms,
     });
     let torch: Option<serde_json::Value> = match &a.torch_json {
-        Some(p) => Some(serde_json::from_str(
-            &std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
-        )?),
+        Some(p) => Some(serde_json::from_str(&smolcap::fsio::read_text_limited(
+            p,
+            smolcap::fsio::MAX_JSON_BYTES,
+        )?)?),
         None => None,
     };
     if a.json {
@@ -988,8 +1013,14 @@ fn merge(a: MergeArgs) -> AnyResult<()> {
 
 fn score(a: ScoreArgs) -> AnyResult<()> {
     let suite: smolcap::metrics::Suite = a.suite.parse().map_err(smolcap::Error::from)?;
-    let out = smolcap::metrics::cli::score_files(&a.refs, &a.cands, suite, a.json)
-        .map_err(smolcap::Error::from)?;
+    let out = smolcap::metrics::cli::score_files_limited(
+        &a.refs,
+        &a.cands,
+        suite,
+        a.json,
+        a.max_caption_bytes,
+    )
+    .map_err(smolcap::Error::from)?;
     print!("{out}");
     if !out.ends_with('\n') {
         println!();
@@ -1040,8 +1071,18 @@ fn eval(a: EvalArgs) -> AnyResult<()> {
     let spec = DatasetSpec {
         image_dir: a.image_dir.clone(),
         revision: a.dataset_revision.clone(),
+        max_caption_bytes: a.max_caption_bytes,
         ..DatasetSpec::new(a.dataset_id.clone(), a.split.clone())
     };
+    if a.prompt.len() > a.max_prompt_bytes {
+        return Err(format!(
+            "--prompt of {} bytes exceeds --max-prompt-bytes {}",
+            a.prompt.len(),
+            a.max_prompt_bytes
+        )
+        .into());
+    }
+    smolcap::fsio::check_output_dir(&a.output_dir)?;
     let ds = Dataset::open(&spec)?;
     let groups = ds.grouped(&Select {
         max_images: (a.max_images > 0).then_some(a.max_images),
@@ -1085,6 +1126,7 @@ fn eval(a: EvalArgs) -> AnyResult<()> {
     opts.caption.prompt = a.prompt.clone();
     opts.caption.longest_edge = a.image_longest_edge;
     opts.caption.max_prompt_tokens = a.max_prompt_tokens;
+    opts.caption.max_prompt_bytes = a.max_prompt_bytes;
     opts.caption.params = params;
     let mut adapters_json = Vec::new();
     for spec in &a.adapter_dir {
@@ -1199,26 +1241,34 @@ fn train(a: TrainArgs) -> AnyResult<()> {
     use smolcap::data::DatasetSpec;
     use smolcap::train::run::{run, RunOptions};
     use smolcap::train::{CollateOptions, LoraOptions, TrainOptions};
-    // QLoRA loads the decoder straight to NF4: its f32 weights are never held.
-    let load = LoadOptions {
-        nf4_decoder: a.use_qlora,
-        ..LoadOptions::default()
+    // Options are checked before the model is loaded: a bad flag fails at once.
+    let saved = match &a.resume {
+        Some(dir) => Some(smolcap::train::checkpoint_options(dir)?.0),
+        None => None,
     };
-    let model = std::sync::Arc::new(Model::load(&a.base_model_id, &load)?);
+    let defaults = LoraOptions {
+        r: 16,
+        alpha: 32.0,
+        ..LoraOptions::default()
+    };
+    let base = saved.clone().unwrap_or(defaults);
     let lora = LoraOptions {
-        r: a.lora_r,
-        alpha: a.lora_alpha,
-        dropout: a.lora_dropout,
-        use_rslora: a.use_rslora,
-        targets: a
-            .lora_targets
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect(),
-        train_vision: a.train_vision,
-        train_connector: a.tune_projector,
+        r: a.lora_r.unwrap_or(base.r),
+        alpha: a.lora_alpha.unwrap_or(base.alpha),
+        dropout: a.lora_dropout.unwrap_or(base.dropout),
+        use_rslora: a.use_rslora || (saved.is_some() && base.use_rslora),
+        targets: match &a.lora_targets {
+            Some(t) => t
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            None => base.targets.clone(),
+        },
+        train_vision: a.train_vision || (saved.is_some() && base.train_vision),
+        train_connector: a.tune_projector || (saved.is_some() && base.train_connector),
     };
+    lora.validate()?;
     let train = TrainOptions {
         lr: a.lr,
         weight_decay: a.weight_decay,
@@ -1228,6 +1278,7 @@ fn train(a: TrainArgs) -> AnyResult<()> {
         recompute: a.gradient_checkpointing,
         qlora: a.use_qlora,
         feature_cache_mb: a.feature_cache_mb,
+        max_caption_bytes: a.max_caption_bytes,
         collate: CollateOptions {
             prompt: a.prompt.clone(),
             longest_edge: a.image_longest_edge,
@@ -1235,8 +1286,23 @@ fn train(a: TrainArgs) -> AnyResult<()> {
         },
         ..TrainOptions::default()
     };
+    train.validate()?;
+    if a.batch_size == 0 || a.grad_accum == 0 {
+        return Err("--batch-size and --grad-accum must be at least 1".into());
+    }
+    if a.max_steps.is_none() && !(a.epochs.is_finite() && a.epochs > 0.0) {
+        return Err(format!("--epochs {} must be a positive number", a.epochs).into());
+    }
+    smolcap::fsio::ensure_dir(&a.output_dir)?;
+    // QLoRA loads the decoder straight to NF4: its f32 weights are never held.
+    let load = LoadOptions {
+        nf4_decoder: a.use_qlora,
+        ..LoadOptions::default()
+    };
+    let model = std::sync::Arc::new(Model::load(&a.base_model_id, &load)?);
     let mut spec = DatasetSpec::new(a.dataset_id.clone(), a.train_split.clone());
     spec.image_dir = a.image_dir.clone();
+    spec.max_caption_bytes = a.max_caption_bytes;
     let opts = RunOptions {
         train: spec,
         eval_split: (a.eval_split != "none").then(|| a.eval_split.clone()),
@@ -1288,7 +1354,10 @@ fn bench_train(a: &BenchArgs, batch: usize) -> AnyResult<()> {
     use smolcap::train::{Example, LoraOptions, TrainOptions, Trainer};
     let model = std::sync::Arc::new(load_model_with(&a.model, a.qlora)?);
     let loaded_rss = current_rss_mb();
-    let bytes = std::fs::read(&a.image).map_err(|e| format!("{}: {e}", a.image))?;
+    let bytes = smolcap::fsio::read_limited(
+        Path::new(&a.image),
+        smolcap::processor::image::DecodeLimits::default().max_encoded_bytes,
+    )?;
     let img = SourceImage::decode(&bytes, &DecodeLimits::default())?;
     let ex: Vec<Example> = (0..batch.max(1))
         .map(|_| Example {
@@ -1325,9 +1394,10 @@ fn bench_train(a: &BenchArgs, batch: usize) -> AnyResult<()> {
         "peak_rss_mb": peak_rss_mb(),
     });
     let torch: Option<serde_json::Value> = match &a.torch_json {
-        Some(p) => Some(serde_json::from_str(
-            &std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
-        )?),
+        Some(p) => Some(serde_json::from_str(&smolcap::fsio::read_text_limited(
+            p,
+            smolcap::fsio::MAX_JSON_BYTES,
+        )?)?),
         None => None,
     };
     if a.json {

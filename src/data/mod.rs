@@ -26,7 +26,7 @@
 //!   an optional `"image_id"` groups rows, else the image path does), or a directory holding
 //!   `<split>.jsonl`.
 
-mod json;
+pub(crate) mod json;
 mod parquet;
 
 use std::collections::{HashMap, HashSet};
@@ -178,7 +178,19 @@ pub struct DatasetSpec {
     pub image_dir: Option<PathBuf>,
     /// Hub revision of a hub dataset (default `main`).
     pub revision: Option<String>,
+    /// Longest caption kept, in bytes: a longer row becomes a [`BadRow`] (default
+    /// [`DEFAULT_MAX_CAPTION_BYTES`]), so no huge caption ever reaches a tokenizer or a metric.
+    pub max_caption_bytes: usize,
 }
+
+/// Default of [`DatasetSpec::max_caption_bytes`] (64 KiB; COCO captions are under 1 KiB).
+pub const DEFAULT_MAX_CAPTION_BYTES: usize = 64 << 10;
+
+/// Largest dataset index file read (COCO / Karpathy JSON, JSONL manifest); the Karpathy
+/// `dataset_coco.json` of all COCO is about 150 MB.
+pub const MAX_INDEX_FILE_BYTES: u64 = 256 << 20;
+
+pub use json::MAX_ENTRIES;
 
 impl DatasetSpec {
     /// A spec for `id` and `split` with no image dir and the default revision.
@@ -188,6 +200,7 @@ impl DatasetSpec {
             split: split.into(),
             image_dir: None,
             revision: None,
+            max_caption_bytes: DEFAULT_MAX_CAPTION_BYTES,
         }
     }
 }
@@ -227,12 +240,41 @@ impl fmt::Debug for Dataset {
 impl Dataset {
     /// Opens the dataset `spec` names (see the module documentation).
     pub fn open(spec: &DatasetSpec) -> Result<Self> {
-        let path = Path::new(&spec.id);
-        if path.is_file() {
-            return Self::open_file(path, spec);
+        if spec.max_caption_bytes == 0 {
+            return Err(Error::InvalidArgument(
+                "max_caption_bytes must be at least 1".into(),
+            ));
         }
+        let mut ds = Self::open_any(spec)?;
+        ds.reject_long_captions(spec.max_caption_bytes);
+        Ok(ds)
+    }
+
+    /// Moves rows whose caption is longer than `max` bytes to the bad rows.
+    fn reject_long_captions(&mut self, max: usize) {
+        if self.samples.iter().all(|s| s.caption.len() <= max) {
+            return;
+        }
+        let (keep, long): (Vec<Sample>, Vec<Sample>) = std::mem::take(&mut self.samples)
+            .into_iter()
+            .partition(|s| s.caption.len() <= max);
+        self.samples = keep;
+        self.bad.extend(long.into_iter().map(|s| BadRow {
+            location: format!("row {} ({})", s.row, s.name),
+            reason: format!(
+                "caption of {} bytes exceeds the limit of {max} (max_caption_bytes)",
+                s.caption.len()
+            ),
+        }));
+    }
+
+    fn open_any(spec: &DatasetSpec) -> Result<Self> {
+        let path = Path::new(&spec.id);
         if path.is_dir() {
             return Self::open_dir(path, spec);
+        }
+        if crate::fsio::regular_file_exists(path)? {
+            return Self::open_file(path, spec);
         }
         if crate::hub::looks_like_repo_id(&spec.id) {
             let files =
@@ -307,12 +349,12 @@ impl Dataset {
             return Self::from_parquet(picked, desc);
         }
         let karpathy = dir.join("dataset_coco.json");
-        if karpathy.is_file() {
+        if crate::fsio::regular_file_exists(&karpathy)? {
             let root = spec.image_dir.clone().unwrap_or_else(|| dir.to_path_buf());
             return Self::from_karpathy(&karpathy, &root, &spec.split);
         }
         let manifest = dir.join(format!("{}.jsonl", spec.split));
-        if manifest.is_file() {
+        if crate::fsio::regular_file_exists(&manifest)? {
             return Self::from_jsonl(&manifest);
         }
         Err(Error::format(
@@ -554,16 +596,7 @@ impl<T: AsRef<ImageRef>> Iterator for ImageStream<'_, T> {
 }
 
 fn read_image_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| Error::io(path, e))?
-        .len();
-    if len > max_bytes {
-        return Err(Error::Limit(format!(
-            "{}: {len} bytes, more than the limit of {max_bytes}",
-            path.display()
-        )));
-    }
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+    crate::fsio::read_limited(path, max_bytes)
 }
 
 /// A copy of a per-image error (same variant and message).

@@ -84,6 +84,15 @@ impl ParquetFiles {
         let mut base = 0usize;
         for (fi, (path, label)) in files.into_iter().enumerate() {
             let f = PFile::open(path, label)?;
+            // Rows are counted from the metadata before any is indexed.
+            let rows = f.rg_start.last().copied().unwrap_or(0);
+            if base.saturating_add(rows) > super::MAX_ENTRIES {
+                return Err(Error::Limit(format!(
+                    "{}: the parquet files hold more than {} rows",
+                    f.path.display(),
+                    super::MAX_ENTRIES
+                )));
+            }
             let n = f.index(fi, base, &mut samples, &mut bad)?;
             base += n;
             out.push(f);
@@ -131,7 +140,7 @@ impl ParquetFiles {
 
 impl PFile {
     fn open(path: PathBuf, label: String) -> Result<Self> {
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let file = crate::fsio::open_regular(&path)?;
         let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
             .map_err(|e| Error::format(&path, format!("not a readable parquet file: {e}")))?;
         let cols = Self::columns(&path, &meta)?;
@@ -254,7 +263,7 @@ impl PFile {
     }
 
     fn builder(&self) -> Result<ParquetRecordBatchReaderBuilder<File>> {
-        let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let file = crate::fsio::open_regular(&self.path)?;
         Ok(ParquetRecordBatchReaderBuilder::new_with_metadata(
             file,
             self.meta.clone(),

@@ -320,12 +320,16 @@ pub fn metrics_json(result: &EvalResult, run: &Value) -> Value {
     v
 }
 
+/// Subdirectory of an eval output directory that holds the files of the latest run.
+pub const OUTPUT_SET_DIR: &str = "eval_outputs";
+
 /// Writes `predictions.json`, `references.json`, `metrics.json` and `report.html` into `dir`
-/// (created if needed; each file written to a temporary name, fsynced and renamed). `run`
-/// describes the run (model, dataset, parameters, timings) for `metrics.json` and the report.
-/// Returns the paths written.
+/// as one unit ([`crate::fsio::publish_set`]: built in `dir/eval_outputs` and swapped in with
+/// one directory exchange; `dir/<file>` are symlinks into it), so a failure (a full disk) or a
+/// kill never leaves this run's predictions beside an older run's report. `run` describes the
+/// run (model, dataset, parameters, timings) for `metrics.json` and the report. Returns the
+/// paths written.
 pub fn write_outputs(dir: &Path, result: &EvalResult, run: &Value) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let description = run
         .get("dataset")
         .and_then(Value::as_str)
@@ -348,11 +352,10 @@ pub fn write_outputs(dir: &Path, result: &EvalResult, run: &Value) -> Result<Vec
         ("metrics.json", pretty(&metrics_json(result, run))?),
         ("report.html", report::render(result, run).into_bytes()),
     ];
-    let mut written = Vec::new();
-    for (name, bytes) in files {
-        let p = dir.join(name);
-        crate::fsio::write_file_atomic(&p, &bytes)?;
-        written.push(p);
-    }
-    Ok(written)
+    crate::fsio::publish_set(dir, OUTPUT_SET_DIR, |tmp| {
+        for (name, bytes) in &files {
+            crate::fsio::write_file_synced(&tmp.join(name), bytes)?;
+        }
+        Ok(())
+    })
 }

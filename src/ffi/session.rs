@@ -102,6 +102,12 @@ pub struct smolcap_generate_params {
     /// Limit: largest key/value cache allocated for one batch, in bytes (default 8 GiB);
     /// checked before allocating, from batch size × beams × (prompt + max_new_tokens).
     pub max_kv_cache_bytes: u64,
+    /// Limit: longest `prompt`, in bytes, checked before it is rendered or tokenized
+    /// (default 256 KiB).
+    pub max_prompt_bytes: u64,
+    /// Limit: longest caption `smolcap_session_score` accepts, in bytes, checked before it is
+    /// tokenized (default 64 KiB).
+    pub max_caption_bytes: u64,
 }
 
 // SAFETY: repr(C), starts with `struct_size: u32`, fields are integers, floats and pointers.
@@ -135,6 +141,8 @@ unsafe impl Versioned for smolcap_generate_params {
             max_image_pixels: l.max_pixels,
             max_image_bytes: l.max_encoded_bytes,
             max_kv_cache_bytes: c.max_kv_cache_bytes,
+            max_prompt_bytes: c.max_prompt_bytes as u64,
+            max_caption_bytes: c.max_caption_bytes as u64,
         }
     }
 }
@@ -247,6 +255,25 @@ pub(crate) unsafe fn settings(
             "params.max_image_pixels and params.max_image_bytes must be at least 1",
         ));
     }
+    let max_prompt_bytes = usize::try_from(p.max_prompt_bytes).unwrap_or(usize::MAX);
+    let max_caption_bytes = usize::try_from(p.max_caption_bytes).unwrap_or(usize::MAX);
+    if max_prompt_bytes == 0 || max_caption_bytes == 0 {
+        return Err(FfiError::invalid(
+            "params.max_prompt_bytes and params.max_caption_bytes must be at least 1",
+        ));
+    }
+    // The prompt's length is checked before it is copied (strlen only).
+    if !p.prompt.is_null() {
+        // SAFETY: caller contract: `prompt` is NULL or NUL-terminated.
+        let len = unsafe { std::ffi::CStr::from_ptr(p.prompt) }
+            .to_bytes()
+            .len();
+        if len > max_prompt_bytes {
+            return Err(FfiError::limit(format!(
+                "params.prompt of {len} bytes exceeds params.max_prompt_bytes {max_prompt_bytes}"
+            )));
+        }
+    }
     // SAFETY: strings in params are NUL-terminated and borrowed for the call.
     let prompt = unsafe { handles::opt_str(p.prompt, "params.prompt") }?
         .map(str::to_string)
@@ -271,6 +298,8 @@ pub(crate) unsafe fn settings(
             adapters: Vec::new(),
             max_batch: SMOLCAP_MAX_BATCH as usize,
             max_kv_cache_bytes: p.max_kv_cache_bytes,
+            max_prompt_bytes,
+            max_caption_bytes,
         },
         limits: DecodeLimits {
             max_pixels: p.max_image_pixels,

@@ -74,6 +74,9 @@ pub struct smolcap_train_params {
     /// The step fails with `SMOLCAP_STATUS_NUMERIC` after this many non-finite steps in a row
     /// (default 10); each such step is skipped with the parameters unchanged.
     pub max_bad_steps: u32,
+    /// Limit: longest caption of an example, in bytes, checked before it is tokenized; a
+    /// longer example is rejected and counted in `smolcap_step_stats.rejected` (default 64 KiB).
+    pub max_caption_bytes: u64,
 }
 
 // SAFETY: repr(C), starts with `struct_size: u32`, fields are numbers and raw pointers.
@@ -105,6 +108,7 @@ unsafe impl Versioned for smolcap_train_params {
             image_longest_edge: 0,
             prompt: std::ptr::null(),
             max_bad_steps: t.max_bad_steps,
+            max_caption_bytes: t.max_caption_bytes as u64,
         }
     }
 }
@@ -137,7 +141,8 @@ pub struct smolcap_step_stats {
     pub tokens: u64,
     /// Examples used.
     pub examples: u32,
-    /// Examples rejected because their prompt does not fit `max_seq_len`.
+    /// Examples rejected: their prompt does not fit `max_seq_len`, or their caption is longer
+    /// than `max_caption_bytes`.
     pub rejected: u32,
     /// Examples whose caption was shortened to fit `max_seq_len`.
     pub truncated: u32,
@@ -339,6 +344,15 @@ unsafe fn options(p: &smolcap_train_params) -> FfiResult<(LoraOptions, TrainOpti
         recompute: params::flag(p.recompute, "recompute")?,
         max_bad_steps: p.max_bad_steps.max(1),
         qlora: params::flag(p.qlora, "qlora")?,
+        max_caption_bytes: match usize::try_from(p.max_caption_bytes) {
+            Ok(0) => {
+                return Err(FfiError::invalid(
+                    "params.max_caption_bytes must be at least 1",
+                ))
+            }
+            Ok(n) => n,
+            Err(_) => usize::MAX,
+        },
         collate: CollateOptions {
             prompt: prompt.map_or(d.collate.prompt.clone(), str::to_string),
             longest_edge: (p.image_longest_edge > 0).then_some(p.image_longest_edge),

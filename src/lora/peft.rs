@@ -396,7 +396,7 @@ impl Adapter {
         let cfg_path = dir.join("adapter_config.json");
         let config = AdapterConfig::from_file_limited(&cfg_path, limits.max_adapter_rank)?;
         let st = dir.join("adapter_model.safetensors");
-        if !st.is_file() {
+        if !crate::fsio::regular_file_exists(&st)? {
             if dir.join("adapter_model.bin").exists() {
                 return Err(Error::Unsupported(format!(
                     "{}: pickle adapters are not loaded; save with safe_serialization=True",
@@ -538,6 +538,20 @@ impl Adapter {
             }
             whole.insert(name, (weight, bias));
         }
+        // Every modules_to_save entry must have its weights in the file: an entry without them
+        // would silently leave the base module in place of the trained one.
+        for entry in &config.modules_to_save {
+            let pat = format!(".{entry}.");
+            if !whole
+                .keys()
+                .any(|m: &String| format!(".{m}.").contains(&pat))
+            {
+                return Err(fmt(format!(
+                    "modules_to_save names {entry:?} (adapter_config.json) but the file holds no \
+                     saved weight of a module under it"
+                )));
+            }
+        }
         if modules.is_empty() && whole.is_empty() {
             return Err(fmt("no LoRA tensors in the adapter".into()));
         }
@@ -552,6 +566,12 @@ impl Adapter {
     /// Writes the adapter in peft's layout (`adapter_config.json` + `adapter_model.safetensors`,
     /// keys `base_model.model.<module>.lora_{A,B}.weight`), atomically: temp dir, fsync, rename.
     pub fn save(&self, dir: &Path) -> Result<()> {
+        crate::fsio::write_dir_atomic(dir, |tmp| self.save_files(tmp))
+    }
+
+    /// Writes `adapter_model.safetensors` and `adapter_config.json` (each fsynced) into the
+    /// existing directory `dir`, for callers that publish them as part of a larger unit.
+    pub fn save_files(&self, dir: &Path) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for m in &self.modules {
             tensors.push((
@@ -571,14 +591,12 @@ impl Adapter {
         }
         let config = serde_json::to_string_pretty(&self.config.raw)
             .map_err(|e| Error::Internal(format!("adapter config: {e}")))?;
-        crate::fsio::write_dir_atomic(dir, |tmp| {
-            let st = tmp.join("adapter_model.safetensors");
-            let map: HashMap<String, Tensor> = tensors.into_iter().collect();
-            candle_core::safetensors::save(&map, &st)
-                .map_err(|e| Error::io(&st, std::io::Error::other(e.to_string())))?;
-            crate::fsio::fsync_file(&st)?;
-            crate::fsio::write_file_synced(&tmp.join("adapter_config.json"), config.as_bytes())
-        })
+        let st = dir.join("adapter_model.safetensors");
+        let map: HashMap<String, Tensor> = tensors.into_iter().collect();
+        candle_core::safetensors::save(&map, &st)
+            .map_err(|e| Error::io(&st, std::io::Error::other(e.to_string())))?;
+        crate::fsio::fsync_file(&st)?;
+        crate::fsio::write_file_synced(&dir.join("adapter_config.json"), config.as_bytes())
     }
 
     /// Adds this adapter to `set` with multiplier `weight` (1.0 = as trained).

@@ -11,29 +11,81 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::{score, MetricsError, Result, Scores, Suite};
+use super::{MetricsError, Result, Scores, Suite};
+use crate::data::json::{Bounded, Lean};
 
-fn read_json(path: &Path) -> Result<Value> {
+/// Largest results / annotations file read (COCO's captions_train2014.json is ~70 MB).
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
+
+/// One `{"image_id", "caption"}` entry; only scalar values are kept (see `Lean`).
+#[derive(serde::Deserialize)]
+struct Entry {
+    image_id: Option<Lean>,
+    caption: Option<Lean>,
+}
+
+/// A COCO annotations file (other keys are skipped while parsing).
+#[derive(serde::Deserialize)]
+struct RefsFile {
+    annotations: Option<Bounded<Entry>>,
+}
+
+/// Parses `path` into `T`: regular files only, at most [`MAX_FILE_BYTES`], arrays of at most
+/// `MAX_ENTRIES` entries, ids and captions scalar — so no file expands into gigabytes.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
     let p = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| MetricsError::Io {
-        path: p.clone(),
-        source,
+    // Regular files only, bounded: a FIFO or /dev/zero must not hang or fill memory.
+    let text = crate::fsio::read_text_limited(path, MAX_FILE_BYTES).map_err(|e| match e {
+        crate::Error::Io { source, .. } => MetricsError::Io {
+            path: p.clone(),
+            source,
+        },
+        crate::Error::Limit(m) => MetricsError::Limit(m),
+        other => MetricsError::Format {
+            path: p.clone(),
+            msg: other.to_string(),
+        },
     })?;
-    serde_json::from_str(&text).map_err(|e| MetricsError::Format {
+    crate::data::json::parse_bounded(&text).map_err(|e| MetricsError::Format {
         path: p,
-        msg: format!("invalid JSON: {e}"),
+        msg: format!("expected {what}: {e}"),
     })
 }
 
-fn id_key(v: &Value) -> Option<String> {
+/// Largest integer a JSON number read as `f64` holds exactly (2^53).
+const F64_EXACT: f64 = 9_007_199_254_740_992.0;
+
+/// The key of an image id: integers exactly (`5.0` and `5` are the same image, as in Python);
+/// a number that went through `f64` without being exact (an integer beyond 64 bits, or a
+/// float of 2^53 or more) is refused, since two different ids would share one key.
+fn id_key(v: &Value) -> std::result::Result<String, &'static str> {
     match v {
-        Value::Number(n) => Some(n.to_string()),
-        Value::String(s) => Some(s.clone()),
-        _ => None,
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                return Ok(i.to_string());
+            }
+            if let Some(u) = n.as_u64() {
+                return Ok(u.to_string());
+            }
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if !f.is_finite() || f.abs() >= F64_EXACT {
+                return Err(
+                    "\"image_id\" is a number too large to be exact (beyond 64-bit \
+                            integers or 2^53 as a float): write it as a string",
+                );
+            }
+            if f.fract() == 0.0 {
+                Ok((f as i64).to_string())
+            } else {
+                Ok(n.to_string())
+            }
+        }
+        Value::String(s) => Ok(s.clone()),
+        _ => Err("\"image_id\" must be a number or a string"),
     }
 }
 
-fn entries<'a>(items: &'a [Value], path: &Path) -> Result<Vec<(String, &'a Value, &'a str)>> {
+fn entries<'a>(items: &'a [Entry], path: &Path) -> Result<Vec<(String, &'a Value, &'a str)>> {
     items
         .iter()
         .enumerate()
@@ -42,12 +94,14 @@ fn entries<'a>(items: &'a [Value], path: &Path) -> Result<Vec<(String, &'a Value
                 path: path.display().to_string(),
                 msg: format!("entry {i}: {msg}"),
             };
-            let id = a
-                .get("image_id")
+            let id: &Value = a
+                .image_id
+                .as_deref()
                 .ok_or_else(|| bad("missing \"image_id\""))?;
-            let key = id_key(id).ok_or_else(|| bad("\"image_id\" must be a number or a string"))?;
+            let key = id_key(id).map_err(bad)?;
             let cap = a
-                .get("caption")
+                .caption
+                .as_deref()
                 .and_then(Value::as_str)
                 .ok_or_else(|| bad("missing string \"caption\""))?;
             Ok((key, id, cap))
@@ -67,30 +121,23 @@ pub struct Inputs {
 
 /// Reads and matches a COCO annotation file and a COCO results file.
 pub fn load_files(refs: &Path, cands: &Path) -> Result<Inputs> {
-    let rv = read_json(refs)?;
-    let anns = rv
-        .get("annotations")
-        .and_then(Value::as_array)
-        .ok_or_else(|| MetricsError::Format {
-            path: refs.display().to_string(),
-            msg: "expected an object with an \"annotations\" array".into(),
-        })?;
+    let rv: RefsFile = read_json(refs, "an object with an \"annotations\" array")?;
+    let anns = rv.annotations.ok_or_else(|| MetricsError::Format {
+        path: refs.display().to_string(),
+        msg: "expected an object with an \"annotations\" array".into(),
+    })?;
     let mut by_id: HashMap<String, Vec<String>> = HashMap::new();
-    for (key, _, cap) in entries(anns, refs)? {
+    for (key, _, cap) in entries(&anns, refs)? {
         by_id.entry(key).or_default().push(cap.to_string());
     }
-    let cv = read_json(cands)?;
-    let res = cv.as_array().ok_or_else(|| MetricsError::Format {
-        path: cands.display().to_string(),
-        msg: "expected an array of {\"image_id\", \"caption\"} objects".into(),
-    })?;
+    let res: Bounded<Entry> = read_json(cands, "an array of {\"image_id\", \"caption\"} objects")?;
     let mut seen = HashMap::new();
     let mut out = Inputs {
         image_ids: Vec::new(),
         cands: Vec::new(),
         refs: Vec::new(),
     };
-    for (key, id, cap) in entries(res, cands)? {
+    for (key, id, cap) in entries(&res, cands)? {
         if seen.insert(key.clone(), ()).is_some() {
             return Err(MetricsError::Format {
                 path: cands.display().to_string(),
@@ -166,8 +213,19 @@ pub fn render(inputs: &Inputs, s: &Scores, json: bool) -> String {
 
 /// `smolcap score --refs REFS --cands CANDS [--suite] [--json]`: the text it prints.
 pub fn score_files(refs: &Path, cands: &Path, suite: Suite, json: bool) -> Result<String> {
+    score_files_limited(refs, cands, suite, json, super::DEFAULT_MAX_CAPTION_BYTES)
+}
+
+/// [`score_files`] with a caption byte limit (`--max-caption-bytes`).
+pub fn score_files_limited(
+    refs: &Path,
+    cands: &Path,
+    suite: Suite,
+    json: bool,
+    max_caption_bytes: usize,
+) -> Result<String> {
     let inputs = load_files(refs, cands)?;
-    let s = score(&inputs.cands, &inputs.refs, suite)?;
+    let s = super::score_limited(&inputs.cands, &inputs.refs, suite, max_caption_bytes)?;
     Ok(render(&inputs, &s, json))
 }
 

@@ -72,6 +72,9 @@ pub enum MetricsError {
         /// What is wrong.
         msg: String,
     },
+    /// A caption is longer than the byte limit.
+    #[error("{0}")]
+    Limit(String),
     /// The embedded WordNet index is corrupt (a build problem, never user input).
     #[error("embedded WordNet index is corrupt: {0}")]
     WordNet(String),
@@ -157,11 +160,50 @@ impl Scores {
     }
 }
 
-/// Scores candidates against references: `refs[i]` are the references of `cands[i]`.
+/// Default longest caption (candidate or reference) scored, in bytes: COCO captions are under
+/// 1 KiB; the bound keeps tokenizing and the n-gram and LCS work of one image small.
+pub const DEFAULT_MAX_CAPTION_BYTES: usize = 64 << 10;
+
+/// Refuses any caption longer than `max` bytes, naming it, before any tokenizing.
+fn check_lengths(cands: &[&str], refs: &[Vec<&str>], max: usize) -> Result<()> {
+    if max == 0 {
+        return Err(MetricsError::Limit(
+            "max_caption_bytes must be at least 1".into(),
+        ));
+    }
+    if let Some((i, c)) = cands.iter().enumerate().find(|(_, c)| c.len() > max) {
+        return Err(MetricsError::Limit(format!(
+            "candidate {i}: caption of {} bytes exceeds max_caption_bytes {max}",
+            c.len()
+        )));
+    }
+    for (i, rs) in refs.iter().enumerate() {
+        if let Some((j, r)) = rs.iter().enumerate().find(|(_, r)| r.len() > max) {
+            return Err(MetricsError::Limit(format!(
+                "image {i}, reference {j}: caption of {} bytes exceeds max_caption_bytes {max}",
+                r.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Scores candidates against references: `refs[i]` are the references of `cands[i]`; captions
+/// of more than [`DEFAULT_MAX_CAPTION_BYTES`] are refused.
 pub fn score<C: AsRef<str>, R: AsRef<str>>(
     cands: &[C],
     refs: &[Vec<R>],
     suite: Suite,
+) -> Result<Scores> {
+    score_limited(cands, refs, suite, DEFAULT_MAX_CAPTION_BYTES)
+}
+
+/// [`score`] with a caption byte limit of `max_caption_bytes`.
+pub fn score_limited<C: AsRef<str>, R: AsRef<str>>(
+    cands: &[C],
+    refs: &[Vec<R>],
+    suite: Suite,
+    max_caption_bytes: usize,
 ) -> Result<Scores> {
     if cands.len() != refs.len() {
         return Err(MetricsError::LengthMismatch {
@@ -174,6 +216,7 @@ pub fn score<C: AsRef<str>, R: AsRef<str>>(
         .iter()
         .map(|r| r.iter().map(AsRef::as_ref).collect())
         .collect();
+    check_lengths(&cands, &refs, max_caption_bytes)?;
     score_str(&cands, &refs, suite)
 }
 
@@ -184,6 +227,17 @@ pub fn score_csr(
     refs: &[&str],
     ref_offsets: &[usize],
     suite: Suite,
+) -> Result<Scores> {
+    score_csr_limited(cands, refs, ref_offsets, suite, DEFAULT_MAX_CAPTION_BYTES)
+}
+
+/// [`score_csr`] with a caption byte limit of `max_caption_bytes`.
+pub fn score_csr_limited(
+    cands: &[&str],
+    refs: &[&str],
+    ref_offsets: &[usize],
+    suite: Suite,
+    max_caption_bytes: usize,
 ) -> Result<Scores> {
     if ref_offsets.len() != cands.len() + 1 {
         return Err(MetricsError::BadOffsets(format!(
@@ -209,6 +263,7 @@ pub fn score_csr(
         .windows(2)
         .map(|w| refs[w[0]..w[1]].to_vec())
         .collect();
+    check_lengths(cands, &sets, max_caption_bytes)?;
     score_str(cands, &sets, suite)
 }
 

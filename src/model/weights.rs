@@ -105,9 +105,9 @@ impl Weights {
     ) -> Result<Self> {
         let single = dir.join("model.safetensors");
         let index_path = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if single.is_file() {
+        let files: Vec<PathBuf> = if crate::fsio::regular_file_exists(&single)? {
             vec![single]
-        } else if index_path.is_file() {
+        } else if crate::fsio::regular_file_exists(&index_path)? {
             shard_files(&index_path)?
         } else {
             for pickle in [
@@ -145,7 +145,7 @@ impl Weights {
         let mut shards = Vec::with_capacity(files.len());
         let mut index = HashMap::new();
         for (i, path) in files.iter().enumerate() {
-            let file = File::open(path).map_err(|e| Error::io(path, e))?;
+            let file = crate::fsio::open_regular(path)?;
             let (file_len, header_len, tensors) = read_header(path, &file, max_header_bytes)?;
             for name in tensors.keys() {
                 if let Some(prev) = index.insert(name.clone(), i) {
@@ -388,6 +388,8 @@ fn shard_files(index_path: &Path) -> Result<Vec<PathBuf>> {
         .ok_or_else(|| Error::format(index_path, "weight_map: missing or not an object"))?;
     let dir = index_path.parent().unwrap_or(Path::new("."));
     let mut files: Vec<PathBuf> = Vec::new();
+    // A set, not `files.contains`: an index with many entries must not take quadratic time.
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for (k, f) in map {
         let f = f.as_str().ok_or_else(|| {
             Error::format(index_path, format!("weight_map.{k}: expected a file name"))
@@ -399,9 +401,8 @@ fn shard_files(index_path: &Path) -> Result<Vec<PathBuf>> {
                 format!("weight_map.{k}: bad file name {f:?}"),
             ));
         }
-        let p = dir.join(f);
-        if !files.contains(&p) {
-            files.push(p);
+        if seen.insert(f) {
+            files.push(dir.join(f));
         }
     }
     if files.is_empty() {

@@ -320,6 +320,13 @@ impl SourceImage {
         if reader.format().is_none() {
             return Err(Error::Image("unrecognised image format".into()));
         }
+        if reader.format() == Some(::image::ImageFormat::Jpeg) && jpeg_is_truncated(bytes) {
+            // The decoder would fill the missing rows with grey; Pillow refuses the file.
+            return Err(Error::Image(
+                "image file is truncated (the JPEG data ends before its end-of-image marker)"
+                    .into(),
+            ));
+        }
         let mut lim = ::image::Limits::default();
         // 16-bit RGBA at the pixel limit, plus decoder scratch space.
         lim.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(64 << 20));
@@ -383,12 +390,11 @@ impl SourceImage {
         Self::new(w, h, channels, data)
     }
 
-    /// Reads and decodes an image file (see [`SourceImage::decode`]).
+    /// Reads and decodes an image file (see [`SourceImage::decode`]); only a regular file of
+    /// at most `limits.max_encoded_bytes` is read.
     pub fn open(path: impl AsRef<Path>, limits: &DecodeLimits) -> Result<Self> {
         let path = path.as_ref();
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        limits.check_bytes(meta.len())?;
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::fsio::read_limited(path, limits.max_encoded_bytes)?;
         Self::decode(&bytes, limits)
     }
 
@@ -857,6 +863,59 @@ pub(crate) mod test_util {
             j += 2;
         }
         format!("{:016x}", h ^ (v.len() as u64 * 4))
+    }
+}
+
+/// Whether a JPEG stream ends before its end-of-image marker (EOI), which Pillow reports as
+/// "image file is truncated". Walks the marker segments to the first scan, then the
+/// entropy-coded data (where `FF` is followed by `00` or a restart marker) and any later
+/// segments and scans; bytes after EOI are ignored, as Pillow ignores them.
+pub fn jpeg_is_truncated(b: &[u8]) -> bool {
+    if b.len() < 4 || b[0] != 0xFF || b[1] != 0xD8 {
+        return true;
+    }
+    let mut i = 2;
+    let mut in_scan = false;
+    loop {
+        if in_scan {
+            // Entropy-coded data: find the next real marker.
+            while i + 1 < b.len()
+                && !(b[i] == 0xFF
+                    && b[i + 1] != 0
+                    && !(0xD0..=0xD7).contains(&b[i + 1])
+                    && b[i + 1] != 0xFF)
+            {
+                i += 1;
+            }
+            in_scan = false;
+        }
+        // Fill bytes (FF FF ...) may precede a marker.
+        while i + 1 < b.len() && b[i] == 0xFF && b[i + 1] == 0xFF {
+            i += 1;
+        }
+        if i + 1 >= b.len() || b[i] != 0xFF {
+            return true;
+        }
+        let m = b[i + 1];
+        i += 2;
+        match m {
+            0xD9 => return false,
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {
+                if i + 1 >= b.len() {
+                    return true;
+                }
+                let len = usize::from(u16::from_be_bytes([b[i], b[i + 1]]));
+                if len < 2 {
+                    return true;
+                }
+                i += len;
+                if i > b.len() {
+                    return true;
+                }
+                in_scan = m == 0xDA;
+            }
+        }
     }
 }
 

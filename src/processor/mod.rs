@@ -108,10 +108,12 @@ impl Processor {
             return Err(Error::format(
                 dir.join("config.json"),
                 format!(
-                    "image_token_id {} is not the tokenizer's {} ({:?})",
+                    "image_token_id {} is not the id of the tokenizer's {} token ({})",
                     cfg.image_token_id,
                     tokens.image,
-                    tokenizer.token_id(&tokens.image)
+                    tokenizer
+                        .token_id(&tokens.image)
+                        .map_or_else(|| "absent".to_string(), |id| id.to_string())
                 ),
             ));
         }
@@ -212,7 +214,7 @@ impl Processor {
 }
 
 fn read_json_opt(path: &Path) -> Result<Option<Value>> {
-    if !path.is_file() {
+    if !crate::fsio::regular_file_exists(path)? {
         return Ok(None);
     }
     let text = crate::fsio::read_text_limited(path, crate::fsio::MAX_JSON_BYTES)?;
@@ -238,7 +240,7 @@ fn find_template(
     tok_cfg: Option<&Value>,
 ) -> Result<Option<String>> {
     let jinja = dir.join("chat_template.jinja");
-    if jinja.is_file() {
+    if crate::fsio::regular_file_exists(&jinja)? {
         return crate::fsio::read_text_limited(&jinja, crate::fsio::MAX_JSON_BYTES).map(Some);
     }
     let json = dir.join("chat_template.json");

@@ -40,17 +40,86 @@ pub fn render_user_prompt(
         serde_json::json!({"type": "text", "text": text}),
     ));
     let messages = vec![context! { role => "user", content => content }];
-    render(template, messages, true, special)
+    render_bounded(
+        template,
+        messages,
+        true,
+        special,
+        output_room(text.len() + 64 * n_images + 256),
+    )
+}
+
+/// The most bytes a template may render for messages of `text_bytes` bytes of content.
+pub fn output_room(text_bytes: usize) -> usize {
+    text_bytes
+        .saturating_mul(4)
+        .saturating_add(TEMPLATE_OUTPUT_SLACK)
+}
+
+/// Instructions one template rendering may execute (minijinja fuel). SmolVLM's template renders
+/// a one-message chat in a few hundred; the bound stops templates that loop for ever.
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
+/// Largest chat template source accepted, in bytes (real templates are a few KiB).
+pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
+/// Rendered output allowed beyond 4× the message text (see [`output_room`]), in bytes.
+pub const TEMPLATE_OUTPUT_SLACK: usize = 1 << 20;
+
+/// A writer that fails once more than `room` bytes were written: rendering stops there.
+struct Bounded {
+    out: Vec<u8>,
+    room: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.room {
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Renders `messages` (role + content list) with the template, Jinja2 semantics.
+///
+/// Bounded: the template source is at most [`MAX_TEMPLATE_BYTES`], rendering executes at most
+/// [`TEMPLATE_FUEL`] instructions, and the output is at most 4× the messages' text plus
+/// [`TEMPLATE_OUTPUT_SLACK`] bytes; past either bound the render fails with a `Limit` error.
 pub fn render(
     template: &str,
     messages: Vec<minijinja::Value>,
     add_generation_prompt: bool,
     special: &[(&str, &str)],
 ) -> Result<String> {
+    let text_bytes: usize = messages.iter().map(|m| m.to_string().len()).sum();
+    render_bounded(
+        template,
+        messages,
+        add_generation_prompt,
+        special,
+        output_room(text_bytes),
+    )
+}
+
+/// [`render`] with an explicit output bound of `room` bytes.
+fn render_bounded(
+    template: &str,
+    messages: Vec<minijinja::Value>,
+    add_generation_prompt: bool,
+    special: &[(&str, &str)],
+    room: usize,
+) -> Result<String> {
+    if template.len() > MAX_TEMPLATE_BYTES {
+        return Err(Error::Limit(format!(
+            "chat template of {} bytes exceeds the limit of {MAX_TEMPLATE_BYTES}",
+            template.len()
+        )));
+    }
     let mut env = Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function(
         "raise_exception",
@@ -72,8 +141,25 @@ pub fn render(
     for (k, v) in special {
         ctx.insert((*k).to_string(), minijinja::Value::from(*v));
     }
-    tmpl.render(ctx)
-        .map_err(|e| Error::InvalidArgument(format!("chat template failed to render: {e}")))
+    let mut out = Bounded {
+        out: Vec::new(),
+        room,
+    };
+    let rendered = tmpl.render_captured_to(ctx, &mut out).map(|_| ());
+    match rendered {
+        Ok(_) => String::from_utf8(out.out)
+            .map_err(|_| Error::Internal("chat template rendered invalid UTF-8".into())),
+        Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(Error::Limit(format!(
+            "chat template ran past {TEMPLATE_FUEL} instructions (an endless or very long loop)"
+        ))),
+        Err(e) if e.kind() == ErrorKind::WriteFailure => Err(Error::Limit(format!(
+            "chat template output exceeds {room} bytes (4x the message text + \
+                 {TEMPLATE_OUTPUT_SLACK})"
+        ))),
+        Err(e) => Err(Error::InvalidArgument(format!(
+            "chat template failed to render: {e}"
+        ))),
+    }
 }
 
 /// The token string that stands for one image split into `rows × cols` tiles plus a global view
@@ -158,6 +244,38 @@ mod tests {
         let t = ImageTokens::default();
         assert!(expand_images("a <image> b <image>", &[(0, 0)], 4, &t).is_err());
         assert!(expand_images("no image", &[], 4, &t).is_ok());
+    }
+
+    #[test]
+    fn endless_templates_stop_at_a_limit() {
+        let cases = [
+            // Loops nested past the fuel.
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+            // Output past the bound (each piece small, many of them).
+            "{% for a in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
+            // One huge piece.
+            "{{ 'x' * 90000000 }}",
+            // Recursion through a macro.
+            "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+        ];
+        for t in cases {
+            let start = std::time::Instant::now();
+            let e = render_user_prompt(t, "x", 1, &[]).unwrap_err();
+            assert!(
+                matches!(e, Error::Limit(_) | Error::InvalidArgument(_)),
+                "{t}: {e}"
+            );
+            assert!(
+                start.elapsed().as_secs_f64() < 10.0,
+                "{t}: {:?}",
+                start.elapsed()
+            );
+        }
+        let big = "{# #}".repeat(MAX_TEMPLATE_BYTES / 5 + 1);
+        assert!(matches!(
+            render_user_prompt(&big, "x", 1, &[]),
+            Err(Error::Limit(_))
+        ));
     }
 
     #[test]

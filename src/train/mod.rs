@@ -81,9 +81,71 @@ impl Default for LoraOptions {
     }
 }
 
+/// Largest LoRA rank accepted for a new adapter (as `ConfigLimits::max_adapter_rank`).
+pub const MAX_LORA_RANK: usize = 4096;
+
 impl LoraOptions {
+    /// Checks every field on its own: rank 1..=4096, alpha finite and > 0, dropout in [0, 1);
+    /// the message names the field and its value.
+    pub fn validate(&self) -> Result<()> {
+        if self.r == 0 || self.r > MAX_LORA_RANK {
+            return Err(Error::InvalidArgument(format!(
+                "lora r {} must be in 1..={MAX_LORA_RANK}",
+                self.r
+            )));
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "lora alpha {} must be finite and > 0",
+                self.alpha
+            )));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::InvalidArgument(format!(
+                "lora dropout {} must be in [0, 1)",
+                self.dropout
+            )));
+        }
+        Ok(())
+    }
+
+    /// The fields where `self` and `other` differ, as `name: ours vs theirs` (empty when equal).
+    pub fn differences(&self, other: &LoraOptions) -> Vec<String> {
+        let mut d = Vec::new();
+        let mut f = |name: &str, a: String, b: String| {
+            if a != b {
+                d.push(format!("{name} {a} vs {b}"));
+            }
+        };
+        f("r", self.r.to_string(), other.r.to_string());
+        f("alpha", self.alpha.to_string(), other.alpha.to_string());
+        f(
+            "dropout",
+            self.dropout.to_string(),
+            other.dropout.to_string(),
+        );
+        f(
+            "use_rslora",
+            self.use_rslora.to_string(),
+            other.use_rslora.to_string(),
+        );
+        f("targets", self.targets.join(","), other.targets.join(","));
+        f(
+            "train_vision",
+            self.train_vision.to_string(),
+            other.train_vision.to_string(),
+        );
+        f(
+            "train_connector",
+            self.train_connector.to_string(),
+            other.train_connector.to_string(),
+        );
+        d
+    }
+
     /// The peft `adapter_config.json` describing these options.
     pub fn adapter_config(&self, base: &str, qlora: bool) -> Result<AdapterConfig> {
+        self.validate()?;
         for t in &self.targets {
             if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(Error::InvalidArgument(format!(
@@ -168,6 +230,74 @@ pub struct TrainOptions {
     /// frozen (0 = off): examples with the same key reuse them instead of re-encoding.
     #[serde(default)]
     pub feature_cache_mb: usize,
+    /// Longest caption accepted, in bytes, checked before tokenizing: a longer example is
+    /// rejected (counted in `StepStats::rejected`) instead of tokenized in full.
+    #[serde(default = "default_max_caption_bytes")]
+    pub max_caption_bytes: usize,
+}
+
+/// Default of [`TrainOptions::max_caption_bytes`] (64 KiB; COCO captions are under 1 KiB).
+pub const DEFAULT_MAX_CAPTION_BYTES: usize = 64 << 10;
+
+fn default_max_caption_bytes() -> usize {
+    DEFAULT_MAX_CAPTION_BYTES
+}
+
+/// Largest `max_seq_len` accepted (tokens of one training sample).
+pub const MAX_SEQ_LEN: usize = 1 << 20;
+
+impl TrainOptions {
+    /// Checks every field at the boundary (range, finiteness); the message names the field
+    /// and its value.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return bad(format!("lr {} must be finite and >= 0", self.lr));
+        }
+        if !(self.warmup_ratio.is_finite() && (0.0..=1.0).contains(&self.warmup_ratio)) {
+            return bad(format!(
+                "warmup_ratio {} must be in [0, 1] (a fraction of all steps)",
+                self.warmup_ratio
+            ));
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            return bad(format!(
+                "max_grad_norm {} must be finite and >= 0 (0 = off)",
+                self.max_grad_norm
+            ));
+        }
+        if self.total_steps == 0 {
+            return bad("total_steps must be at least 1".into());
+        }
+        if self.micro_batch == 0 {
+            return bad("micro_batch must be at least 1".into());
+        }
+        if self.max_bad_steps == 0 {
+            return bad("max_bad_steps must be at least 1".into());
+        }
+        if self.collate.max_seq_len == 0 || self.collate.max_seq_len > MAX_SEQ_LEN {
+            return bad(format!(
+                "max_seq_len {} must be in 1..={MAX_SEQ_LEN}",
+                self.collate.max_seq_len
+            ));
+        }
+        if self.max_caption_bytes == 0 {
+            return bad("max_caption_bytes must be at least 1".into());
+        }
+        let max_prompt = crate::session::DEFAULT_MAX_PROMPT_BYTES;
+        if self.collate.prompt.len() > max_prompt {
+            return Err(Error::Limit(format!(
+                "training prompt of {} bytes exceeds the limit of {max_prompt}",
+                self.collate.prompt.len()
+            )));
+        }
+        optim::check_config(&optim::AdamWConfig {
+            beta1: self.betas.0,
+            beta2: self.betas.1,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        })
+    }
 }
 
 impl Default for TrainOptions {
@@ -191,6 +321,7 @@ impl Default for TrainOptions {
                 max_seq_len: 2048,
             },
             feature_cache_mb: 1024,
+            max_caption_bytes: DEFAULT_MAX_CAPTION_BYTES,
         }
     }
 }
@@ -289,6 +420,7 @@ impl Trainer {
         opts: TrainOptions,
         init: Option<&Path>,
     ) -> Result<Self> {
+        opts.validate()?;
         let m = model.model();
         let base = m.dir().display().to_string();
         let (adapter_cfg, init_adapter) = match init {
@@ -441,6 +573,11 @@ impl Trainer {
         let mut out = Vec::with_capacity(examples.len());
         let mut rejected = 0;
         for ex in examples {
+            // Bytes first: a huge caption is never tokenized.
+            if ex.caption.len() > self.opts.max_caption_bytes {
+                rejected += 1;
+                continue;
+            }
             match collate::build_sample(m, ex, &self.opts.collate)? {
                 Ok(s) => out.push(s),
                 Err(collate::Rejected::TooLong { .. }) => rejected += 1,
@@ -711,6 +848,12 @@ impl Trainer {
         self.adapter()?.save(dir)
     }
 
+    /// Writes the adapter's two files into the existing directory `dir` (no directory swap:
+    /// for callers that publish them as part of a larger unit).
+    pub fn save_adapter_files(&self, dir: &Path) -> Result<()> {
+        self.adapter()?.save_files(dir)
+    }
+
     /// Writes a checkpoint (adapter, optimizer moments, step and schedule, counters, and the
     /// caller's `data_state`, e.g. the data position) atomically: temp dir, fsync, rename.
     pub fn save_checkpoint(&self, dir: &Path, data_state: &Value) -> Result<()> {
@@ -755,15 +898,7 @@ impl Trainer {
     /// the caller's data state.
     pub fn resume(model: Arc<dyn ModelRef>, dir: &Path) -> Result<(Self, Value)> {
         let path = dir.join("trainer_state.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let st: CheckpointState = serde_json::from_str(&text)
-            .map_err(|e| Error::format(&path, format!("invalid trainer state: {e}")))?;
-        if st.format != 1 {
-            return Err(Error::format(
-                &path,
-                format!("unknown format {}", st.format),
-            ));
-        }
+        let st = read_checkpoint_state(dir)?;
         let mut t = Self::new(
             model,
             st.lora.clone(),
@@ -777,8 +912,12 @@ impl Trainer {
             ));
         }
         let opt_path = dir.join("optimizer.safetensors");
-        let tensors = candle_core::safetensors::load(&opt_path, &candle_core::Device::Cpu)
+        // Two f32 moments per trainable scalar, plus a header.
+        let max_bytes = 8 * t.params.numel() as u64 + crate::fsio::MAX_JSON_BYTES;
+        let bytes = crate::fsio::read_limited(&opt_path, max_bytes)?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu)
             .map_err(|e| Error::format(&opt_path, e.to_string()))?;
+        drop(bytes);
         let mut m = Vec::new();
         let mut v = Vec::new();
         for (name, p) in t.params.names.iter().zip(&t.params.values) {
@@ -803,6 +942,52 @@ impl Trainer {
         t.skipped_total = st.skipped_total;
         Ok((t, st.data))
     }
+}
+
+/// Reads and checks `dir/trainer_state.json`: the counters must be consistent with each other
+/// and with the run the checkpoint belongs to, and the options valid.
+fn read_checkpoint_state(dir: &Path) -> Result<CheckpointState> {
+    let path = dir.join("trainer_state.json");
+    let text = crate::fsio::read_text_limited(&path, crate::fsio::MAX_JSON_BYTES)?;
+    let st: CheckpointState = serde_json::from_str(&text)
+        .map_err(|e| Error::format(&path, format!("invalid trainer state: {e}")))?;
+    if st.format != 1 {
+        return Err(Error::format(
+            &path,
+            format!("format: unknown value {}", st.format),
+        ));
+    }
+    let bad = |m: String| Err(Error::format(&path, m));
+    if st.step > st.options.total_steps {
+        return bad(format!(
+            "step {} is past the run's options.total_steps {}",
+            st.step, st.options.total_steps
+        ));
+    }
+    if st.optimizer_step > st.step {
+        return bad(format!(
+            "optimizer_step {} is larger than step {}",
+            st.optimizer_step, st.step
+        ));
+    }
+    if st.skipped_total > st.step || u64::from(st.bad_in_row) > st.skipped_total {
+        return bad(format!(
+            "skipped_total {} / bad_in_row {} are inconsistent with step {}",
+            st.skipped_total, st.bad_in_row, st.step
+        ));
+    }
+    st.options
+        .validate()
+        .and_then(|()| st.lora.validate())
+        .map_err(|e| Error::format(&path, format!("options: {e}")))?;
+    Ok(st)
+}
+
+/// The LoRA and optimisation options a checkpoint directory was saved with (checked as
+/// [`Trainer::resume`] checks them), for callers that resume with options of their own.
+pub fn checkpoint_options(dir: &Path) -> Result<(LoraOptions, TrainOptions)> {
+    let st = read_checkpoint_state(dir)?;
+    Ok((st.lora, st.options))
 }
 
 #[derive(Serialize, Deserialize)]

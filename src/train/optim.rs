@@ -49,7 +49,7 @@ pub struct AdamW {
     state: AdamWState,
 }
 
-fn check_config(cfg: &AdamWConfig) -> Result<()> {
+pub(crate) fn check_config(cfg: &AdamWConfig) -> Result<()> {
     let ok = (0.0..1.0).contains(&cfg.beta1)
         && (0.0..1.0).contains(&cfg.beta2)
         && cfg.eps.is_finite()
@@ -60,7 +60,9 @@ fn check_config(cfg: &AdamWConfig) -> Result<()> {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "AdamW config {cfg:?}: betas must be in [0, 1), eps and weight_decay finite and >= 0"
+            "AdamW betas ({}, {}), eps {}, weight_decay {}: betas must be in [0, 1), eps and \
+             weight_decay finite and >= 0",
+            cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay
         )))
     }
 }

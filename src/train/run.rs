@@ -125,9 +125,43 @@ fn image_key(id: &data::ImageId) -> u64 {
     h
 }
 
+/// Rows in a row without a usable image after which a run stops (or one pass, if shorter):
+/// a dataset whose images cannot be read fails in well under a second, not after a pass over
+/// millions of rows.
+const MAX_UNUSABLE_ROWS: usize = 1000;
+
+/// Most "skipping <image>" warnings printed in one run; later ones are only counted.
+const MAX_SKIP_WARNINGS: usize = 20;
+
+/// Images skipped because they could not be read or decoded: counted, the first few printed.
+#[derive(Default)]
+struct Skips {
+    warned: usize,
+    first: Option<String>,
+}
+
+impl Skips {
+    fn note(&mut self, msg: String) {
+        if self.warned < MAX_SKIP_WARNINGS {
+            warn(&msg);
+        } else if self.warned == MAX_SKIP_WARNINGS {
+            warn("further unreadable images are skipped without a warning (see bad_rows)");
+        }
+        self.warned += 1;
+        if self.first.is_none() {
+            self.first = Some(msg);
+        }
+    }
+}
+
 /// Reads and decodes the images of `rows` (each distinct image once); rows whose image fails
 /// are left out and counted.
-fn examples(ds: &Dataset, rows: &[&Row], bad: &mut usize) -> Result<Vec<Example>> {
+fn examples(
+    ds: &Dataset,
+    rows: &[&Row],
+    bad: &mut usize,
+    skips: &mut Skips,
+) -> Result<Vec<Example>> {
     let mut unique: Vec<&Row> = Vec::new();
     let mut slot: Vec<usize> = Vec::with_capacity(rows.len());
     for r in rows {
@@ -144,7 +178,7 @@ fn examples(ds: &Dataset, rows: &[&Row], bad: &mut usize) -> Result<Vec<Example>
         let (i, img) = item?;
         match img {
             Ok(image) => decoded[i] = Some(image),
-            Err(e) => warn(&format!("skipping {}: {e}", ds.locate(&unique[i].image))),
+            Err(e) => skips.note(format!("skipping {}: {e}", ds.locate(&unique[i].image))),
         }
     }
     let mut out = Vec::with_capacity(rows.len());
@@ -182,6 +216,13 @@ pub fn run(
             "batch_size and grad_accum must be at least 1".into(),
         ));
     }
+    // Before any work: the output directory must be usable, and what killed saves left in it
+    // (temporary directories, the adapter staging directory of older versions) goes.
+    crate::fsio::ensure_dir(&opts.output_dir)?;
+    crate::fsio::remove_stale_all(&opts.output_dir);
+    let _ = std::fs::remove_dir_all(opts.output_dir.join(".adapter.tmp"));
+    lora.validate()?;
+    train.validate()?;
     let ds = Dataset::open(&opts.train)?;
     let mut report = RunReport {
         bad_rows: ds.bad_rows().len(),
@@ -220,7 +261,27 @@ pub fn run(
     train.micro_batch = opts.batch_size;
     let (mut trainer, mut pos) = match &opts.resume {
         Some(dir) => {
+            // The checkpoint decides the LoRA layout: options that contradict it are an error,
+            // not silently ignored.
+            let (saved_lora, _) = crate::train::checkpoint_options(dir)?;
+            let diff = lora.differences(&saved_lora);
+            if !diff.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "the LoRA options given contradict the checkpoint {} (given vs saved: {}); \
+                     omit them or pass the checkpoint's values",
+                    dir.display(),
+                    diff.join(", ")
+                )));
+            }
             let (t, state) = Trainer::resume(model.clone(), dir)?;
+            if t.step_count() > total {
+                return Err(Error::InvalidArgument(format!(
+                    "the checkpoint {} is at step {}, past this run's {total} steps (raise \
+                     max_steps or epochs)",
+                    dir.display(),
+                    t.step_count()
+                )));
+            }
             let pos: DataPos = serde_json::from_value(state)
                 .map_err(|e| Error::format(dir.join("trainer_state.json"), format!("data: {e}")))?;
             (t, pos)
@@ -238,6 +299,7 @@ pub fn run(
     if let Some(c) = &cancel {
         trainer.set_cancel_flag(c.clone());
     }
+    let mut skips = Skips::default();
     let eval_ex: Vec<Example> = match &opts.eval_split {
         Some(split) => {
             let spec = DatasetSpec {
@@ -254,7 +316,7 @@ pub fn run(
                     let mut bad = 0;
                     let refs: Vec<&Row> = r.iter().collect();
                     // Decoded once, reused at every evaluation.
-                    let ex = examples(&eds, &refs, &mut bad)?;
+                    let ex = examples(&eds, &refs, &mut bad, &mut skips)?;
                     report.bad_rows += bad;
                     ex
                 }
@@ -279,6 +341,7 @@ pub fn run(
     let mut tokens_seen = 0usize;
     let t_loop = Instant::now();
     let start_step = trainer.step_count();
+    let mut unusable_rows = 0usize;
     while trainer.step_count() < total {
         if cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(Error::Cancelled);
@@ -300,11 +363,26 @@ pub fn run(
             pos.next += 1;
         }
         let mut bad = 0;
-        let ex = examples(&ds, &picked, &mut bad)?;
+        let ex = examples(&ds, &picked, &mut bad, &mut skips)?;
         report.bad_rows += bad;
         if ex.is_empty() {
+            // Bounded: a whole pass over the rows, or MAX_UNUSABLE_ROWS rows in a row, without
+            // one usable image ends the run.
+            unusable_rows += picked.len();
+            if unusable_rows >= rows.len().min(MAX_UNUSABLE_ROWS) {
+                return Err(Error::Image(format!(
+                    "{} rows in a row of {} (split {}, {} rows) have no image that can be read \
+                     and decoded; first failure: {}",
+                    unusable_rows,
+                    opts.train.id,
+                    opts.train.split,
+                    rows.len(),
+                    skips.first.as_deref().unwrap_or("none recorded")
+                )));
+            }
             continue;
         }
+        unusable_rows = 0;
         let st: StepStats = trainer.step(&ex)?;
         report.rejected += st.rejected;
         report.truncated += st.truncated;
@@ -322,7 +400,7 @@ pub fn run(
         if opts.progress {
             let done = st.step - start_step;
             let el = t_loop.elapsed().as_secs_f64();
-            let eta = el / done.max(1) as f64 * (total - st.step) as f64;
+            let eta = el / done.max(1) as f64 * total.saturating_sub(st.step) as f64;
             eprint!(
                 "\rstep {}/{} loss {:.4} lr {:.3e} {:.0} tok/s ETA {:.0}s{}   ",
                 st.step,
@@ -374,15 +452,14 @@ pub fn run(
     Ok(report)
 }
 
-/// Writes adapter_config.json + adapter_model.safetensors into `dir` beside whatever else is
-/// there (logs, checkpoints), each file atomically.
+/// Subdirectory of a run's output directory that holds the final adapter.
+pub const FINAL_ADAPTER_DIR: &str = "final_adapter";
+
+/// Publishes the final adapter at the top of `dir` (the seed's layout) as one unit: the
+/// adapter is saved into `dir/final_adapter` with one directory swap, and
+/// `dir/adapter_config.json` / `dir/adapter_model.safetensors` are symlinks into it
+/// ([`crate::fsio::publish_set`]), so a kill never leaves new weights beside an old config.
 fn write_adapter_files(t: &Trainer, dir: &Path) -> Result<()> {
-    let tmp = dir.join(".adapter.tmp");
-    t.save_adapter(&tmp)?;
-    for f in ["adapter_model.safetensors", "adapter_config.json"] {
-        std::fs::rename(tmp.join(f), dir.join(f)).map_err(|e| Error::io(dir.join(f), e))?;
-    }
-    crate::fsio::sync_dir(dir);
-    let _ = std::fs::remove_dir_all(&tmp);
+    crate::fsio::publish_set(dir, FINAL_ADAPTER_DIR, |tmp| t.save_adapter_files(tmp))?;
     Ok(())
 }

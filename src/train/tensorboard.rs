@@ -124,7 +124,7 @@ impl EventWriter {
     /// Creates `events.out.tfevents.<unix secs>.<hostname>` in `dir` (created if missing).
     pub fn create(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        crate::fsio::ensure_dir(dir)?;
         let wall_time = now();
         let base = format!(
             "events.out.tfevents.{}.{}",
@@ -232,7 +232,7 @@ impl ScalarLog {
     pub fn create(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            crate::fsio::ensure_dir(dir)?;
         }
         let file = OpenOptions::new()
             .append(true)

@@ -103,6 +103,40 @@ static void test_errors(const char *model_dir, smolcap_session *s, const unsigne
                  SMOLCAP_STATUS_INVALID_ARGUMENT);
     CHECK_MSG("session is NULL");
     CHECK(c == NULL, "out written on failure");
+
+    /* Text limits (issue 27): a prompt or scored caption past its byte limit is LIMIT before
+     * it is rendered or tokenized; 0 is not a limit. */
+    {
+        size_t big_len = (size_t)20 << 20;
+        char *big = (char *)malloc(big_len + 1);
+        smolcap_nll nll;
+        CHECK(big != NULL, "malloc");
+        if (big != NULL) {
+            memset(big, 'a', big_len);
+            big[big_len] = 0;
+            p = greedy12();
+            CHECK(p.max_prompt_bytes == 256u << 10, "default max_prompt_bytes %llu",
+                  (unsigned long long)p.max_prompt_bytes);
+            CHECK(p.max_caption_bytes == 64u << 10, "default max_caption_bytes %llu",
+                  (unsigned long long)p.max_caption_bytes);
+            p.prompt = big;
+            CHECK_STATUS(smolcap_caption(s, &im, 1, &p, NULL, NULL, &c), SMOLCAP_STATUS_LIMIT);
+            CHECK_MSG("max_prompt_bytes");
+            p = greedy12();
+            p.max_prompt_bytes = 4;
+            CHECK_STATUS(smolcap_caption(s, &im, 1, &p, NULL, NULL, &c), SMOLCAP_STATUS_LIMIT);
+            p.max_prompt_bytes = 0;
+            CHECK_STATUS(smolcap_caption(s, &im, 1, &p, NULL, NULL, &c),
+                         SMOLCAP_STATUS_INVALID_ARGUMENT);
+            p = greedy12();
+            CHECK_STATUS(smolcap_session_score(s, &im, big, &p, &nll), SMOLCAP_STATUS_LIMIT);
+            CHECK_MSG("max_caption_bytes");
+            p.max_caption_bytes = 3;
+            CHECK_STATUS(smolcap_session_score(s, &im, "a cat", &p, &nll), SMOLCAP_STATUS_LIMIT);
+            CHECK(c == NULL, "out written on failure");
+            free(big);
+        }
+    }
     smolcap_model_free(NULL);
     smolcap_session_free(NULL);
     smolcap_captions_free(NULL);
