@@ -300,11 +300,14 @@ impl ModelConfig {
                 return Err(bad(name, format!("{val} is outside 1..={max}")));
             }
         }
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        // A patch size need not divide the image size: the patch embedding is a stride-p
+        // convolution without padding, which drops the last `image_size % p` rows and columns
+        // (SmolVLM-Instruct: 384 px tiles, 14 px patches, 27 per side).
+        if v.patch_size == 0 || v.patch_size > v.image_size {
             return Err(bad(
                 "vision_config.patch_size",
                 format!(
-                    "{} does not divide image_size {}",
+                    "{} is not within 1..=image_size {}",
                     v.patch_size, v.image_size
                 ),
             ));
@@ -587,6 +590,26 @@ mod tests {
             ModelConfig::from_json(&v, Path::new("config.json"), &ConfigLimits::default()),
             Err(Error::Unsupported(_))
         ));
+    }
+
+    #[test]
+    fn instruct_tiles_are_no_multiple_of_the_patch() {
+        // SmolVLM-Instruct (2.2B): 384 px tiles, 14 px patches -> 27 per side, 81 tokens a tile.
+        let mut v = hub_256m();
+        v["scale_factor"] = serde_json::json!(3);
+        v["vision_config"] = serde_json::json!({
+            "hidden_size": 1152, "image_size": 384, "intermediate_size": 4304,
+            "max_image_size": {"longest_edge": 384}, "model_type": "idefics3_vision",
+            "num_attention_heads": 16, "num_hidden_layers": 27, "patch_size": 14
+        });
+        let c =
+            ModelConfig::from_json(&v, Path::new("config.json"), &ConfigLimits::default()).unwrap();
+        assert_eq!(c.vision.patches_per_side(), 27);
+        assert_eq!(c.image_seq_len(), 81);
+        v["vision_config"]["patch_size"] = serde_json::json!(385);
+        let e = ModelConfig::from_json(&v, Path::new("config.json"), &ConfigLimits::default())
+            .unwrap_err();
+        assert!(e.to_string().contains("patch_size"), "{e}");
     }
 
     #[test]

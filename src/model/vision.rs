@@ -179,7 +179,11 @@ impl VisionModel {
         let p = self.cfg.patch_size;
         let g = s / p;
         let hidden = self.cfg.hidden_size;
-        let x = pixel_values.to_dtype(self.patch_w.dtype())?;
+        let mut x = pixel_values.to_dtype(self.patch_w.dtype())?;
+        if g * p != s {
+            // The convolution has no padding: the last s % p rows and columns meet no patch.
+            x = x.narrow(2, 0, g * p)?.narrow(3, 0, g * p)?.contiguous()?;
+        }
         // [n, c, g, p, g, p] -> [n, g, g, c, p, p]: each row is one patch in (c, ky, kx) order,
         // the order of the convolution kernel.
         let patches = x
