@@ -67,6 +67,40 @@ pub struct Inputs {
 
 /// Reads and matches a COCO annotation file and a COCO results file.
 pub fn load_files(refs: &Path, cands: &Path) -> Result<Inputs> {
+    load_files_many(refs, &[cands])
+}
+
+/// The records of a candidates file: a COCO results JSON array, or JSON Lines of objects (as
+/// `smolcap eval` and `smolcap caption --output` write shard outputs).
+fn read_cands(path: &Path) -> Result<Vec<Value>> {
+    let p = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| MetricsError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    if let Ok(Value::Array(a)) = serde_json::from_str::<Value>(&text) {
+        return Ok(a);
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| match serde_json::from_str::<Value>(l) {
+            Ok(v @ Value::Object(_)) => Ok(v),
+            _ => Err(MetricsError::Format {
+                path: p.clone(),
+                msg: format!(
+                    "expected an array of {{\"image_id\", \"caption\"}} objects or JSON Lines \
+                     (line {} is not a JSON object)",
+                    i + 1
+                ),
+            }),
+        })
+        .collect()
+}
+
+/// [`load_files`] with the candidates of several files (e.g. shard outputs) taken together:
+/// the images scored are the union, in file order; an image in two files is an error.
+pub fn load_files_many(refs: &Path, cands_files: &[&Path]) -> Result<Inputs> {
     let rv = read_json(refs)?;
     let anns = rv
         .get("annotations")
@@ -79,30 +113,28 @@ pub fn load_files(refs: &Path, cands: &Path) -> Result<Inputs> {
     for (key, _, cap) in entries(anns, refs)? {
         by_id.entry(key).or_default().push(cap.to_string());
     }
-    let cv = read_json(cands)?;
-    let res = cv.as_array().ok_or_else(|| MetricsError::Format {
-        path: cands.display().to_string(),
-        msg: "expected an array of {\"image_id\", \"caption\"} objects".into(),
-    })?;
     let mut seen = HashMap::new();
     let mut out = Inputs {
         image_ids: Vec::new(),
         cands: Vec::new(),
         refs: Vec::new(),
     };
-    for (key, id, cap) in entries(res, cands)? {
-        if seen.insert(key.clone(), ()).is_some() {
-            return Err(MetricsError::Format {
-                path: cands.display().to_string(),
-                msg: format!("image_id {key} has more than one caption"),
-            });
+    for &cands in cands_files {
+        let res = read_cands(cands)?;
+        for (key, id, cap) in entries(&res, cands)? {
+            if seen.insert(key.clone(), ()).is_some() {
+                return Err(MetricsError::Format {
+                    path: cands.display().to_string(),
+                    msg: format!("image_id {key} has more than one caption"),
+                });
+            }
+            let r = by_id
+                .get(&key)
+                .ok_or_else(|| MetricsError::NoReferences { image: key.clone() })?;
+            out.image_ids.push(id.clone());
+            out.cands.push(cap.to_string());
+            out.refs.push(r.clone());
         }
-        let r = by_id
-            .get(&key)
-            .ok_or_else(|| MetricsError::NoReferences { image: key.clone() })?;
-        out.image_ids.push(id.clone());
-        out.cands.push(cap.to_string());
-        out.refs.push(r.clone());
     }
     if out.cands.is_empty() {
         return Err(MetricsError::Empty);
@@ -166,7 +198,12 @@ pub fn render(inputs: &Inputs, s: &Scores, json: bool) -> String {
 
 /// `smolcap score --refs REFS --cands CANDS [--suite] [--json]`: the text it prints.
 pub fn score_files(refs: &Path, cands: &Path, suite: Suite, json: bool) -> Result<String> {
-    let inputs = load_files(refs, cands)?;
+    score_files_many(refs, &[cands], suite, json)
+}
+
+/// [`score_files`] over the union of several candidates files (shard outputs).
+pub fn score_files_many(refs: &Path, cands: &[&Path], suite: Suite, json: bool) -> Result<String> {
+    let inputs = load_files_many(refs, cands)?;
     let s = score(&inputs.cands, &inputs.refs, suite)?;
     Ok(render(&inputs, &s, json))
 }
@@ -221,6 +258,25 @@ mod tests {
         assert!(matches!(
             score_files(&dir.join("none.json"), &cands, Suite::Seed, false),
             Err(MetricsError::Io { .. })
+        ));
+        // Shard outputs as JSON Lines: the union scores as the single file does.
+        let s0 = write(
+            &dir,
+            "s0.jsonl",
+            "{\"image_id\":1,\"caption\":\"a dog on a bench\"}\n",
+        );
+        let s1 = write(
+            &dir,
+            "s1.jsonl",
+            "{\"image_id\":\"b\",\"caption\":\"a cat\"}\n",
+        );
+        assert_eq!(
+            score_files_many(&refs, &[&s0, &s1], Suite::Seed, true).unwrap(),
+            score_files(&refs, &cands, Suite::Seed, true).unwrap()
+        );
+        assert!(matches!(
+            score_files_many(&refs, &[&s0, &s0], Suite::Seed, false),
+            Err(MetricsError::Format { .. })
         ));
         std::fs::remove_dir_all(&dir).ok();
     }
