@@ -121,7 +121,11 @@ fn from_array(obj: &Bound<'_, PyAny>, lim: &DecodeLimits, retry: bool) -> PyResu
     };
     check_pixels(w, h, lim)?;
     let row = w * c;
-    let strides: Option<Vec<isize>> = get("strides")?.extract()?;
+    // "strides" is optional: absent (or None) means C-contiguous.
+    let strides: Option<Vec<isize>> = match ai.get_item("strides")? {
+        Some(v) => v.extract()?,
+        None => None,
+    };
     let row_stride = match strides.as_deref() {
         None => Some(row),
         Some([rs, ps]) if *ps == 1 && *rs >= row as isize => Some(*rs as usize),

@@ -143,9 +143,10 @@ fn kw<'py, T: FromPyObjectOwned<'py>>(
     default: T,
 ) -> PyResult<T> {
     match d.map(|d| d.get_item(key)).transpose()?.flatten() {
-        Some(v) if !v.is_none() => v
-            .extract::<T>()
-            .map_err(|e| PyTypeError::new_err(format!("{key}: {e}"))),
+        Some(v) if !v.is_none() => v.extract::<T>().map_err(|e| {
+            let e: PyErr = e.into();
+            PyTypeError::new_err(format!("{key}: {e}"))
+        }),
         _ => Ok(default),
     }
 }

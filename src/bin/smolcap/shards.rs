@@ -189,4 +189,3 @@ pub fn eval_merge(a: &EvalArgs, suite: smolcap::metrics::Suite) -> AnyResult<()>
     );
     Ok(())
 }
-
