@@ -16,6 +16,7 @@ use smolcap::processor::image::{DecodeLimits, SourceImage};
 use smolcap::processor::PromptMode;
 use smolcap::{CaptionOptions, LoadOptions, Model};
 
+#[path = "smolcap/shards.rs"]
 mod shards;
 use shards::ShardArgs;
 
