@@ -14,7 +14,7 @@ import smolcap
 from conftest import IMAGES, TINY
 
 PHOTO = IMAGES / "photo_640x480.png"
-LONG = dict(max_new_tokens=1200, min_new_tokens=1200)
+LONG = dict(max_new_tokens=400, min_new_tokens=400)
 
 
 def test_other_python_threads_run_during_a_caption(model):
