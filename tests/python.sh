@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The Python package (issue #23): builds the abi3 wheel with maturin, installs it in a fresh
 # virtual environment and runs pytest (bindings/python/tests) against the CLI built by
-# `cargo test`. The wheel is built with the dev profile so it reuses the dependencies the Rust
-# tests compiled (their opt-level is 3; a release wheel would rebuild them all, ~10 min on 2
-# cores). Ray's test runs only with SMOLCAP_CI_RAY=1 (installing ray[data] downloads ~100 MB).
+# `cargo test`. The wheel is built with the dev profile to share the Rust tests' build
+# directory and profile; pyo3's proc macros unify other features of syn & co., so part of the
+# dependency tree is still rebuilt once for the wheel (not yet timed on a clean CI machine; see
+# docs/PYTHON.md). Ray's test runs only with SMOLCAP_CI_RAY=1 (ray[data] is a large download).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
