@@ -18,6 +18,7 @@ pub mod model;
 pub mod processor;
 pub mod quant;
 pub mod session;
+pub mod shard;
 pub mod tokenizer;
 pub mod train;
 

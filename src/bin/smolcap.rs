@@ -16,6 +16,10 @@ use smolcap::processor::image::{DecodeLimits, SourceImage};
 use smolcap::processor::PromptMode;
 use smolcap::{CaptionOptions, LoadOptions, Model};
 
+#[path = "smolcap/shards.rs"]
+mod shards;
+use shards::ShardArgs;
+
 #[derive(Parser)]
 #[command(
     name = "smolcap",
@@ -125,6 +129,14 @@ struct EvalArgs {
     /// Longest reference caption kept, in bytes (longer dataset rows are skipped and listed).
     #[arg(long, default_value_t = smolcap::data::DEFAULT_MAX_CAPTION_BYTES)]
     max_caption_bytes: usize,
+    /// Predictions are also written to OUTPUT_DIR/predictions.jsonl a batch at a time; with
+    /// --shard I/N (N > 1) only that file is written (score the union with --merge-shards).
+    #[command(flatten)]
+    shard: ShardArgs,
+    /// Combine the predictions.jsonl of these shard output directories and score the union
+    /// (writes the unsharded run's files to --output-dir; nothing is captioned).
+    #[arg(long = "merge-shards", num_args = 1.., value_name = "DIR")]
+    merge_shards: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -273,9 +285,10 @@ struct ScoreArgs {
     /// References in COCO captions annotation format ({"annotations":[{"image_id","caption"}]}).
     #[arg(long)]
     refs: PathBuf,
-    /// Candidates in COCO results format ([{"image_id","caption"}]).
-    #[arg(long)]
-    cands: PathBuf,
+    /// Candidates in COCO results format ([{"image_id","caption"}]) or JSON Lines of such
+    /// objects; repeat (or list several) to score the union of shard outputs.
+    #[arg(long, required = true, num_args = 1..)]
+    cands: Vec<PathBuf>,
     /// Metric suite: `seed` (the seed's eval script) or `coco` (pycocoevalcap).
     #[arg(long, default_value = "seed")]
     suite: String,
@@ -510,6 +523,12 @@ struct CaptionArgs {
     /// Stream tokens to stdout as they are generated (single image, greedy/sampling).
     #[arg(long)]
     stream: bool,
+    #[command(flatten)]
+    shard: ShardArgs,
+    /// Write one JSON line per image ({"image","index","text","token_ids"}) to this file, a
+    /// batch at a time (a killed run loses at most the batch in flight).
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -662,11 +681,11 @@ fn caption(a: CaptionArgs) -> AnyResult<()> {
         .into());
     }
     let lim = limits(&a.prompt);
-    let images: Vec<SourceImage> = a
-        .prompt
-        .image
+    let range = a.shard.get()?.range(a.prompt.image.len());
+    let (todo, mut writer, resumed) = shards::caption_output(&a, range)?;
+    let images: Vec<SourceImage> = todo
         .iter()
-        .map(|s| read_image(s, &lim))
+        .map(|&i| read_image(&a.prompt.image[i], &lim))
         .collect::<AnyResult<_>>()?;
     let model = load_model(&a.model)?;
     for spec in &a.adapter {
@@ -681,9 +700,10 @@ fn caption(a: CaptionArgs) -> AnyResult<()> {
     }
     let cancel = AtomicBool::new(false);
     let mut results = Vec::new();
+    let quiet = writer.is_some();
     for (chunk_i, chunk) in images.chunks(a.batch_size).enumerate() {
         let inputs: Vec<Vec<&SourceImage>> = chunk.iter().map(|i| vec![i]).collect();
-        let stream = a.stream && !a.json;
+        let stream = a.stream && !a.json && !quiet;
         let mut on_piece = |_: usize, piece: &str| {
             if stream {
                 use std::io::Write;
@@ -693,19 +713,35 @@ fn caption(a: CaptionArgs) -> AnyResult<()> {
             ControlFlow::Continue(())
         };
         let caps = model.caption(&inputs, &opts, &cancel, &mut on_piece)?;
+        let mut records = Vec::with_capacity(caps.len());
         for (j, c) in caps.into_iter().enumerate() {
-            let name = a.prompt.image[chunk_i * a.batch_size + j].clone();
+            let index = todo[chunk_i * a.batch_size + j];
+            let name = a.prompt.image[index].clone();
             if stream {
                 println!();
-            } else if !a.json {
+            } else if !a.json && !quiet {
                 if images.len() > 1 {
                     println!("{name}: {}", c.text.trim());
                 } else {
                     println!("{}", c.text.trim());
                 }
             }
-            results.push(json!({"image": name, "text": c.text, "token_ids": c.token_ids}));
+            records.push(
+                json!({"image": name, "index": index, "text": c.text, "token_ids": c.token_ids}),
+            );
         }
+        if let Some(w) = writer.as_mut() {
+            w.append(&records)?;
+        }
+        results.extend(records);
+    }
+    if let Some(out) = &a.output {
+        eprintln!(
+            "wrote {} captions to {} ({resumed} already there; shard {})",
+            results.len(),
+            out.display(),
+            a.shard.get()?
+        );
     }
     if a.json {
         println!(
@@ -1013,9 +1049,10 @@ fn merge(a: MergeArgs) -> AnyResult<()> {
 
 fn score(a: ScoreArgs) -> AnyResult<()> {
     let suite: smolcap::metrics::Suite = a.suite.parse().map_err(smolcap::Error::from)?;
-    let out = smolcap::metrics::cli::score_files_limited(
+    let cands: Vec<&std::path::Path> = a.cands.iter().map(PathBuf::as_path).collect();
+    let out = smolcap::metrics::cli::score_files_many(
         &a.refs,
-        &a.cands,
+        &cands,
         suite,
         a.json,
         a.max_caption_bytes,
@@ -1045,6 +1082,10 @@ fn eval(a: EvalArgs) -> AnyResult<()> {
 
     let t_start = std::time::Instant::now();
     let suite: smolcap::metrics::Suite = a.suite.parse().map_err(smolcap::Error::from)?;
+    if !a.merge_shards.is_empty() {
+        return shards::eval_merge(&a, suite);
+    }
+    let shard = a.shard.get()?;
     if a.batch_size == 0 {
         return Err("--batch-size must be at least 1".into());
     }
@@ -1177,10 +1218,57 @@ fn eval(a: EvalArgs) -> AnyResult<()> {
         }
     };
     let cancel = AtomicBool::new(false);
-    let result = smolcap::eval::run(&model, &ds, &groups, &opts, &cancel, &mut progress)?;
-    for b in &result.skipped {
+    let (todo, done, mut writer) = shards::eval_output(&a, shard, &groups)?;
+    let todo_groups: Vec<smolcap::data::ImageGroup> =
+        todo.iter().map(|&i| groups[i].clone()).collect();
+    let mut sink = |idx: &[usize], imgs: &[smolcap::eval::EvalImage]| {
+        let records: Vec<serde_json::Value> = idx
+            .iter()
+            .zip(imgs)
+            .map(|(&k, im)| shards::jsonl_record(todo[k], im))
+            .collect();
+        writer.append(&records)
+    };
+    let mut captioned = smolcap::eval::caption_groups(
+        &model,
+        &ds,
+        &todo_groups,
+        &opts,
+        &cancel,
+        &mut progress,
+        &mut sink,
+    )?;
+    for b in &captioned.skipped {
         eprintln!("warning: skipped {b}");
     }
+    let jsonl = a.output_dir.join("predictions.jsonl");
+    if shard.count > 1 {
+        println!(
+            "shard {shard}: captioned {} images ({} already there, {} skipped) into {}; score \
+             the union with: smolcap eval --merge-shards DIR... --output-dir OUT",
+            captioned.images.len(),
+            done.len(),
+            captioned.skipped.len(),
+            jsonl.display()
+        );
+        return Ok(());
+    }
+    // Resumed images first, then the new ones, in selection order.
+    let mut all: Vec<(usize, smolcap::eval::EvalImage)> = done;
+    all.extend(
+        captioned
+            .indices
+            .iter()
+            .map(|&k| todo[k])
+            .zip(std::mem::take(&mut captioned.images)),
+    );
+    all.sort_by_key(|(i, _)| *i);
+    let result = smolcap::eval::score_images(
+        all.into_iter().map(|(_, im)| im).collect(),
+        captioned.skipped,
+        captioned.timings,
+        suite,
+    )?;
 
     let tm = &result.timings;
     let total_s = t_start.elapsed().as_secs_f64();

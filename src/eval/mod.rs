@@ -116,6 +116,71 @@ pub fn run(
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<EvalResult> {
+    let c = caption_groups(
+        model,
+        ds,
+        groups,
+        opts,
+        cancel,
+        progress,
+        &mut |_, _| Ok(()),
+    )?;
+    score_images(c.images, c.skipped, c.timings, opts.suite)
+}
+
+/// Captioned images before scoring: [`caption_groups`]' result.
+#[derive(Debug, Clone)]
+pub struct Captioned {
+    /// Captioned images in `groups` order.
+    pub images: Vec<EvalImage>,
+    /// `images[k]` is `groups[indices[k]]`.
+    pub indices: Vec<usize>,
+    /// Images that could not be read, decoded or captioned.
+    pub skipped: Vec<BadRow>,
+    /// Time spent (no scoring yet).
+    pub timings: EvalTimings,
+}
+
+/// Scores captioned images against their references (the second half of [`run`]).
+pub fn score_images(
+    images: Vec<EvalImage>,
+    skipped: Vec<BadRow>,
+    mut timings: EvalTimings,
+    suite: Suite,
+) -> Result<EvalResult> {
+    let t1 = Instant::now();
+    let preds: Vec<&str> = images.iter().map(|i| i.prediction.as_str()).collect();
+    let refs: Vec<Vec<&str>> = images
+        .iter()
+        .map(|i| i.references.iter().map(String::as_str).collect())
+        .collect();
+    let scores = crate::metrics::score(&preds, &refs, suite).map_err(|e| match e {
+        crate::metrics::MetricsError::Empty => Error::InvalidArgument(format!(
+            "no image could be evaluated ({} skipped)",
+            skipped.len()
+        )),
+        other => Error::from(other),
+    })?;
+    timings.score_s = t1.elapsed().as_secs_f64();
+    Ok(EvalResult {
+        images,
+        scores,
+        skipped,
+        timings,
+    })
+}
+
+/// The captioning half of [`run`]: `sink(indices, images)` receives each batch's new images
+/// (and their positions in `groups`) as soon as they are captioned, e.g. to write them out.
+pub fn caption_groups(
+    model: &Model,
+    ds: &Dataset,
+    groups: &[ImageGroup],
+    opts: &EvalOptions,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(&Progress),
+    sink: &mut dyn FnMut(&[usize], &[EvalImage]) -> Result<()>,
+) -> Result<Captioned> {
     if opts.batch_size == 0 {
         return Err(Error::InvalidArgument(
             "batch_size must be at least 1".into(),
@@ -124,6 +189,7 @@ pub fn run(
     opts.caption.params.validate()?;
     let t0 = Instant::now();
     let mut images: Vec<EvalImage> = Vec::with_capacity(groups.len());
+    let mut indices: Vec<usize> = Vec::with_capacity(groups.len());
     let mut skipped: Vec<BadRow> = Vec::new();
     let mut timings = EvalTimings::default();
     let mut pending: Vec<(usize, SourceImage)> = Vec::with_capacity(opts.batch_size);
@@ -151,17 +217,19 @@ pub fn run(
         }
         if pending.len() == opts.batch_size || (end && !pending.is_empty()) {
             let batch = std::mem::take(&mut pending);
+            let before = images.len();
             caption_batch(
                 model,
                 groups,
                 batch,
                 opts,
                 cancel,
-                &mut images,
+                (&mut images, &mut indices),
                 &mut skipped,
                 &mut timings,
                 &skip,
             )?;
+            sink(&indices[before..], &images[before..])?;
             progress(&Progress {
                 done: images.len(),
                 skipped: skipped.len(),
@@ -173,23 +241,9 @@ pub fn run(
         }
     }
     timings.caption_s = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    let preds: Vec<&str> = images.iter().map(|i| i.prediction.as_str()).collect();
-    let refs: Vec<Vec<&str>> = images
-        .iter()
-        .map(|i| i.references.iter().map(String::as_str).collect())
-        .collect();
-    let scores = crate::metrics::score(&preds, &refs, opts.suite).map_err(|e| match e {
-        crate::metrics::MetricsError::Empty => Error::InvalidArgument(format!(
-            "no image could be evaluated ({} skipped)",
-            skipped.len()
-        )),
-        other => Error::from(other),
-    })?;
-    timings.score_s = t1.elapsed().as_secs_f64();
-    Ok(EvalResult {
+    Ok(Captioned {
         images,
-        scores,
+        indices,
         skipped,
         timings,
     })
@@ -202,7 +256,7 @@ fn caption_batch(
     batch: Vec<(usize, SourceImage)>,
     opts: &EvalOptions,
     cancel: &AtomicBool,
-    images: &mut Vec<EvalImage>,
+    (images, indices): (&mut Vec<EvalImage>, &mut Vec<usize>),
     skipped: &mut Vec<BadRow>,
     timings: &mut EvalTimings,
     skip: &dyn Fn(usize, &Error) -> BadRow,
@@ -243,6 +297,7 @@ fn caption_batch(
     for ((i, im), c) in batch.iter().zip(caps) {
         let g = &groups[*i];
         timings.generated_tokens += c.token_ids.len();
+        indices.push(*i);
         images.push(EvalImage {
             id: g.id.clone(),
             name: g.name.clone(),

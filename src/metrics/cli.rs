@@ -33,9 +33,18 @@ struct RefsFile {
 /// Parses `path` into `T`: regular files only, at most [`MAX_FILE_BYTES`], arrays of at most
 /// `MAX_ENTRIES` entries, ids and captions scalar — so no file expands into gigabytes.
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    let text = read_text(path)?;
+    crate::data::json::parse_bounded(&text).map_err(|e| MetricsError::Format {
+        path: path.display().to_string(),
+        msg: format!("expected {what}: {e}"),
+    })
+}
+
+/// The text of `path`: regular files only, at most [`MAX_FILE_BYTES`] (a FIFO or /dev/zero
+/// must not hang or fill memory).
+fn read_text(path: &Path) -> Result<String> {
     let p = path.display().to_string();
-    // Regular files only, bounded: a FIFO or /dev/zero must not hang or fill memory.
-    let text = crate::fsio::read_text_limited(path, MAX_FILE_BYTES).map_err(|e| match e {
+    crate::fsio::read_text_limited(path, MAX_FILE_BYTES).map_err(|e| match e {
         crate::Error::Io { source, .. } => MetricsError::Io {
             path: p.clone(),
             source,
@@ -45,11 +54,41 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<
             path: p.clone(),
             msg: other.to_string(),
         },
-    })?;
-    crate::data::json::parse_bounded(&text).map_err(|e| MetricsError::Format {
-        path: p,
-        msg: format!("expected {what}: {e}"),
     })
+}
+
+/// The entries of a candidates file: a COCO results JSON array, or JSON Lines of objects (as
+/// `smolcap eval` and `smolcap caption --output` write shard outputs), parsed with the same
+/// bounds as [`read_json`].
+fn read_cands(path: &Path) -> Result<Vec<Entry>> {
+    const WHAT: &str = "an array of {\"image_id\", \"caption\"} objects or JSON Lines of them";
+    let text = read_text(path)?;
+    let bad = |msg: String| MetricsError::Format {
+        path: path.display().to_string(),
+        msg,
+    };
+    if text.trim_start().starts_with('[') {
+        let all: Bounded<Entry> = crate::data::json::parse_bounded(&text)
+            .map_err(|e| bad(format!("expected {WHAT}: {e}")))?;
+        return Ok(all.0);
+    }
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if out.len() >= crate::data::json::MAX_ENTRIES {
+            return Err(MetricsError::Limit(format!(
+                "{}: more than {} candidate lines",
+                path.display(),
+                crate::data::json::MAX_ENTRIES
+            )));
+        }
+        let e: Entry = crate::data::json::parse_bounded(line)
+            .map_err(|e| bad(format!("expected {WHAT} (line {}: {e})", i + 1)))?;
+        out.push(e);
+    }
+    Ok(out)
 }
 
 /// Largest integer a JSON number read as `f64` holds exactly (2^53).
@@ -121,6 +160,12 @@ pub struct Inputs {
 
 /// Reads and matches a COCO annotation file and a COCO results file.
 pub fn load_files(refs: &Path, cands: &Path) -> Result<Inputs> {
+    load_files_many(refs, &[cands])
+}
+
+/// [`load_files`] with the candidates of several files (e.g. shard outputs) taken together:
+/// the images scored are the union, in file order; an image in two files is an error.
+pub fn load_files_many(refs: &Path, cands_files: &[&Path]) -> Result<Inputs> {
     let rv: RefsFile = read_json(refs, "an object with an \"annotations\" array")?;
     let anns = rv.annotations.ok_or_else(|| MetricsError::Format {
         path: refs.display().to_string(),
@@ -130,26 +175,28 @@ pub fn load_files(refs: &Path, cands: &Path) -> Result<Inputs> {
     for (key, _, cap) in entries(&anns, refs)? {
         by_id.entry(key).or_default().push(cap.to_string());
     }
-    let res: Bounded<Entry> = read_json(cands, "an array of {\"image_id\", \"caption\"} objects")?;
     let mut seen = HashMap::new();
     let mut out = Inputs {
         image_ids: Vec::new(),
         cands: Vec::new(),
         refs: Vec::new(),
     };
-    for (key, id, cap) in entries(&res, cands)? {
-        if seen.insert(key.clone(), ()).is_some() {
-            return Err(MetricsError::Format {
-                path: cands.display().to_string(),
-                msg: format!("image_id {key} has more than one caption"),
-            });
+    for &cands in cands_files {
+        let res = read_cands(cands)?;
+        for (key, id, cap) in entries(&res, cands)? {
+            if seen.insert(key.clone(), ()).is_some() {
+                return Err(MetricsError::Format {
+                    path: cands.display().to_string(),
+                    msg: format!("image_id {key} has more than one caption"),
+                });
+            }
+            let r = by_id
+                .get(&key)
+                .ok_or_else(|| MetricsError::NoReferences { image: key.clone() })?;
+            out.image_ids.push(id.clone());
+            out.cands.push(cap.to_string());
+            out.refs.push(r.clone());
         }
-        let r = by_id
-            .get(&key)
-            .ok_or_else(|| MetricsError::NoReferences { image: key.clone() })?;
-        out.image_ids.push(id.clone());
-        out.cands.push(cap.to_string());
-        out.refs.push(r.clone());
     }
     if out.cands.is_empty() {
         return Err(MetricsError::Empty);
@@ -224,7 +271,18 @@ pub fn score_files_limited(
     json: bool,
     max_caption_bytes: usize,
 ) -> Result<String> {
-    let inputs = load_files(refs, cands)?;
+    score_files_many(refs, &[cands], suite, json, max_caption_bytes)
+}
+
+/// [`score_files_limited`] over the union of several candidates files (shard outputs).
+pub fn score_files_many(
+    refs: &Path,
+    cands: &[&Path],
+    suite: Suite,
+    json: bool,
+    max_caption_bytes: usize,
+) -> Result<String> {
+    let inputs = load_files_many(refs, cands)?;
     let s = super::score_limited(&inputs.cands, &inputs.refs, suite, max_caption_bytes)?;
     Ok(render(&inputs, &s, json))
 }
