@@ -90,6 +90,9 @@ pub struct EvalResult {
     pub skipped: Vec<BadRow>,
     /// Timings.
     pub timings: EvalTimings,
+    /// The cancel flag stopped the run: `images` and `scores` cover the batches finished
+    /// before it.
+    pub cancelled: bool,
 }
 
 /// Progress reported after each batch.
@@ -108,6 +111,8 @@ pub struct Progress {
 /// Images that cannot be read or decoded are skipped and listed in [`EvalResult::skipped`];
 /// batches are filled with the next good images, so the batching equals captioning the good
 /// images alone with the same batch size. `progress` is called after each batch and skip.
+/// Once `cancel` is set, the batch in flight is dropped and the finished ones are scored
+/// ([`EvalResult::cancelled`]).
 pub fn run(
     model: &Model,
     ds: &Dataset,
@@ -133,7 +138,12 @@ pub fn run(
         reason: e.to_string(),
     };
     let mut stream = ds.images(groups, opts.limits, opts.batch_size.max(8));
+    let mut cancelled = false;
     loop {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            cancelled = true;
+            break;
+        }
         let item = stream.next().transpose()?;
         let end = item.is_none();
         match item {
@@ -151,7 +161,7 @@ pub fn run(
         }
         if pending.len() == opts.batch_size || (end && !pending.is_empty()) {
             let batch = std::mem::take(&mut pending);
-            caption_batch(
+            match caption_batch(
                 model,
                 groups,
                 batch,
@@ -161,7 +171,13 @@ pub fn run(
                 &mut skipped,
                 &mut timings,
                 &skip,
-            )?;
+            ) {
+                Err(Error::Cancelled) => {
+                    cancelled = true;
+                    break;
+                }
+                r => r?,
+            }
             progress(&Progress {
                 done: images.len(),
                 skipped: skipped.len(),
@@ -173,6 +189,9 @@ pub fn run(
         }
     }
     timings.caption_s = t0.elapsed().as_secs_f64();
+    if cancelled && images.is_empty() {
+        return Err(Error::Cancelled);
+    }
     let t1 = Instant::now();
     let preds: Vec<&str> = images.iter().map(|i| i.prediction.as_str()).collect();
     let refs: Vec<Vec<&str>> = images
@@ -192,6 +211,7 @@ pub fn run(
         scores,
         skipped,
         timings,
+        cancelled,
     })
 }
 
