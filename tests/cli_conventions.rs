@@ -232,7 +232,10 @@ fn images_from_stdin_stream_jsonl_in_order() {
 /// A hub stand-in on 127.0.0.1: serves `dir`'s files at `/<repo>/resolve/main/<file>` the way
 /// huggingface.co answers hf-hub (ETag, X-Repo-Commit, ranges) and records each request's
 /// path and Authorization header.
-fn serve(dir: PathBuf, repo: &'static str) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+/// The requests a test server saw: (path, Authorization header).
+type RequestLog = Arc<Mutex<Vec<(String, String)>>>;
+
+fn serve(dir: PathBuf, repo: &'static str) -> (String, RequestLog) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let log = Arc::new(Mutex::new(Vec::new()));

@@ -427,7 +427,8 @@ pub fn run_with(
             tokens_per_s: tokens_seen as f64 / t_loop.elapsed().as_secs_f64().max(1e-9),
         });
         let last = trainer.step_count() >= total;
-        if !eval_ex.is_empty() && (last || (opts.eval_steps > 0 && st.step % opts.eval_steps == 0))
+        if !eval_ex.is_empty()
+            && (last || (opts.eval_steps > 0 && st.step.is_multiple_of(opts.eval_steps)))
         {
             match trainer.eval(&eval_ex) {
                 Ok((l, _)) => {
@@ -447,7 +448,7 @@ pub fn run_with(
                 Err(e) => return Err(e),
             }
         }
-        if opts.save_steps > 0 && st.step % opts.save_steps == 0 && !last {
+        if opts.save_steps > 0 && st.step.is_multiple_of(opts.save_steps) && !last {
             let dir = opts.output_dir.join(format!("checkpoint-{}", st.step));
             trainer.save_checkpoint(&dir, &json!(pos))?;
         }
