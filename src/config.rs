@@ -312,7 +312,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if v.hidden_size % v.num_attention_heads != 0 {
+        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return Err(bad(
                 "vision_config.num_attention_heads",
                 format!(
@@ -328,7 +328,7 @@ impl ModelConfig {
             ));
         }
         let p = v.patches_per_side();
-        if self.scale_factor == 0 || p % self.scale_factor != 0 {
+        if self.scale_factor == 0 || !p.is_multiple_of(self.scale_factor) {
             return Err(bad(
                 "scale_factor",
                 format!(
@@ -337,7 +337,9 @@ impl ModelConfig {
                 ),
             ));
         }
-        if t.num_key_value_heads == 0 || t.num_attention_heads % t.num_key_value_heads != 0 {
+        if t.num_key_value_heads == 0
+            || !t.num_attention_heads.is_multiple_of(t.num_key_value_heads)
+        {
             return Err(bad(
                 "text_config.num_key_value_heads",
                 format!(
@@ -346,7 +348,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if t.head_dim == 0 || t.head_dim % 2 != 0 || t.head_dim > 4096 {
+        if t.head_dim == 0 || !t.head_dim.is_multiple_of(2) || t.head_dim > 4096 {
             return Err(bad(
                 "text_config.head_dim",
                 format!("{} is not a positive even size", t.head_dim),

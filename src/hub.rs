@@ -1,5 +1,6 @@
 //! Resolving `--model` to a local directory: a path as is, or a hub repo id through the
-//! Hugging Face cache (HF_HOME / HF_HUB_CACHE, HF_TOKEN, HF_HUB_OFFLINE honoured).
+//! Hugging Face cache. The environment is read as `huggingface_hub` reads it: HF_ENDPOINT,
+//! HF_HOME / HF_HUB_CACHE, HF_TOKEN (else HF_HOME/token), HF_HUB_OFFLINE.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +29,48 @@ pub fn cache_dir() -> PathBuf {
         return PathBuf::from(p);
     }
     Cache::from_env().path().clone()
+}
+
+/// Whether hf-hub draws its own download bar (on stderr, when that is a terminal).
+static DOWNLOAD_PROGRESS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns hf-hub's download progress bar on or off for the downloads that follow (off by
+/// default: a library should not draw on its host's terminal).
+pub fn set_download_progress(on: bool) {
+    DOWNLOAD_PROGRESS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Attempts per file after the first; a retry resumes a partial download where it stopped.
+const DOWNLOAD_RETRIES: usize = 3;
+
+/// The access token as huggingface_hub finds it: HF_TOKEN, else the file at HF_TOKEN_PATH,
+/// else HF_HOME/token (not beside HF_HUB_CACHE).
+fn token() -> Option<String> {
+    let nonempty = |t: String| Some(t.trim().to_string()).filter(|t| !t.is_empty());
+    if let Some(t) = std::env::var("HF_TOKEN").ok().and_then(nonempty) {
+        return Some(t);
+    }
+    match std::env::var_os("HF_TOKEN_PATH") {
+        Some(p) => std::fs::read_to_string(p).ok().and_then(nonempty),
+        None => Cache::from_env().token(),
+    }
+}
+
+/// The hub client: the cache at [`cache_dir`], HF_ENDPOINT when set (e.g. a mirror), the
+/// token from HF_TOKEN or the cache's `token` file, retries with resume.
+fn api(cache: &Cache) -> Result<hf_hub::api::sync::Api> {
+    let token = token();
+    let mut b = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
+        .with_token(token)
+        .with_retries(DOWNLOAD_RETRIES)
+        .with_progress(DOWNLOAD_PROGRESS.load(std::sync::atomic::Ordering::Relaxed));
+    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+        if !endpoint.is_empty() {
+            b = b.with_endpoint(endpoint.trim_end_matches('/').to_string());
+        }
+    }
+    b.build()
+        .map_err(|e| Error::Device(format!("hub client: {e}")))
 }
 
 fn offline() -> bool {
@@ -65,12 +108,7 @@ pub fn resolve(spec: &str, revision: Option<&str>) -> Result<PathBuf> {
     if offline() {
         return from_cache(&cache, repo, spec, &rev);
     }
-    let token = std::env::var("HF_TOKEN").ok().or_else(|| cache.token());
-    let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
-        .with_token(token)
-        .with_progress(false)
-        .build()
-        .map_err(|e| Error::Device(format!("hub client: {e}")))?;
+    let api = api(&cache)?;
     let r = api.repo(repo.clone());
     let fetch = |f: &str| r.get(f);
     let mut config = None;
@@ -144,12 +182,7 @@ pub fn dataset_parquet_files(
     if offline() {
         return dataset_files_from_cache(&cache_dir(), id, &rev, split);
     }
-    let token = std::env::var("HF_TOKEN").ok().or_else(|| cache.token());
-    let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
-        .with_token(token)
-        .with_progress(false)
-        .build()
-        .map_err(|e| Error::Device(format!("hub client: {e}")))?;
+    let api = api(&cache)?;
     let r = api.repo(repo);
     let info = match r.info() {
         Ok(i) => i,

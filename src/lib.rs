@@ -1,5 +1,13 @@
 //! smolcap: SmolVLM (Idefics3) captioning, LoRA fine-tuning, merging and caption metrics.
 
+// Weights are read with Unix `pread` (std::os::unix::fs::FileExt in src/model/weights.rs): say so
+// up front instead of failing deep inside that file.
+#[cfg(not(unix))]
+compile_error!(
+    "smolcap supports Unix targets only (Linux; macOS untested): weights are read with pread. \
+     Windows is not supported yet (see docs/DESIGN.md, \"Platforms and toolchain\")."
+);
+
 pub mod config;
 pub mod data;
 pub mod device;

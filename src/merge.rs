@@ -139,7 +139,7 @@ pub fn merge_save(
         }
     }
     if let Ok(out_c) = std::fs::canonicalize(out_dir) {
-        // The base weights are memory-mapped: never write over them.
+        // The base directory is the input: never write over it.
         if out_c == base_c {
             return Err(Error::InvalidArgument(format!(
                 "output directory {} is the base model directory",

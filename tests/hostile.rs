@@ -487,7 +487,7 @@ fn raw_buffers() {
 /// A valid safetensors file: header JSON (padded to 8 bytes) + data.
 fn st_file(header: &Value, data: &[u8]) -> Vec<u8> {
     let mut h = serde_json::to_vec(header).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -1302,7 +1302,7 @@ fn tokenizer_and_model_dir() {
                 h[&key]["shape"] = json!([b, a]);
                 let mut out = Vec::new();
                 let mut hb = serde_json::to_vec(&h).unwrap();
-                while hb.len() % 8 != 0 {
+                while !hb.len().is_multiple_of(8) {
                     hb.push(b' ');
                 }
                 out.extend_from_slice(&(hb.len() as u64).to_le_bytes());

@@ -1,4 +1,16 @@
-//! `smolcap` command-line tool: caption, inspect (and the other jobs as they land).
+//! `smolcap` command-line tool: caption, inspect, score, merge, bench, eval, train.
+//!
+//! Conventions (docs/CLI.md): stdout carries results, stderr progress and messages; Ctrl-C or
+//! SIGTERM stops at the next safe point, keeps what is finished and exits 130 (a second one
+//! exits at once); a closed stdout ends the command quietly.
+
+// The binary's own modules (a crate root looks for modules beside itself, hence the paths).
+#[path = "smolcap/inputs.rs"]
+mod inputs;
+#[path = "smolcap/progress.rs"]
+mod progress;
+#[path = "smolcap/signals.rs"]
+mod signals;
 
 use std::io::Read;
 use std::ops::ControlFlow;
@@ -20,6 +32,25 @@ use smolcap::{CaptionOptions, LoadOptions, Model};
 mod shards;
 use shards::ShardArgs;
 
+use progress::{Mode, Progress};
+use signals::Interrupted;
+
+/// `println!` on stdout that returns the write error (a closed pipe ends the command quietly).
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($t)*)?;
+    }};
+}
+
+/// `print!` on stdout that returns the write error.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($t)*)?;
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "smolcap",
@@ -29,6 +60,42 @@ use shards::ShardArgs;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// No progress display and no informational messages on stderr (errors still go there).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Show progress even when stderr is not a terminal (plain lines, at most one a second).
+    #[arg(long, global = true, conflicts_with = "quiet")]
+    progress: bool,
+}
+
+/// What every command reads besides its arguments.
+struct Ctx {
+    /// How progress is shown.
+    mode: Mode,
+    /// Set by the first Ctrl-C / SIGTERM.
+    cancel: std::sync::Arc<AtomicBool>,
+    /// `--quiet`.
+    quiet: bool,
+}
+
+static CTX: std::sync::OnceLock<Ctx> = std::sync::OnceLock::new();
+
+/// The run's context (set once in `main`; defaults if a test path never set it).
+fn ctx() -> &'static Ctx {
+    CTX.get_or_init(|| Ctx {
+        mode: Mode::Off,
+        cancel: std::sync::Arc::new(AtomicBool::new(false)),
+        quiet: false,
+    })
+}
+
+/// An informational message on stderr, unless `--quiet`.
+macro_rules! info {
+    ($($t:tt)*) => {
+        if !ctx().quiet {
+            eprintln!($($t)*);
+        }
+    };
 }
 
 #[derive(Subcommand)]
@@ -443,7 +510,7 @@ impl LimitArgs {
 #[derive(Args)]
 struct PromptArgs {
     /// Image file, `-` for stdin, or an http(s) URL; repeat for several captions.
-    #[arg(long, required = true)]
+    #[arg(long)]
     image: Vec<String>,
     /// The user message (rendered with the model's chat template).
     #[arg(long, default_value = smolcap::session::DEFAULT_PROMPT)]
@@ -517,9 +584,17 @@ struct CaptionArgs {
     /// PEFT LoRA adapter directory, optionally `DIR:SCALE`; repeat to apply several at once.
     #[arg(long, alias = "adapter_dir", alias = "adapter-dir")]
     adapter: Vec<String>,
-    /// Print {"captions":[...]} as JSON.
-    #[arg(long)]
+    /// Print {"captions":[...]} as JSON (once, at the end).
+    #[arg(long, conflicts_with = "jsonl")]
     json: bool,
+    /// Print one JSON object {"image","index","text","token_ids"} per line as each caption is
+    /// done (index: the position in the input list).
+    #[arg(long)]
+    jsonl: bool,
+    /// Read more images from FILE (`-` = stdin): one path or URL per line; blank lines and
+    /// lines starting with `#` are skipped.
+    #[arg(long, value_name = "FILE")]
+    images_from: Option<PathBuf>,
     /// Stream tokens to stdout as they are generated (single image, greedy/sampling).
     #[arg(long)]
     stream: bool,
@@ -544,6 +619,19 @@ struct InspectArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mode = Mode::from_flags(cli.quiet, cli.progress);
+    smolcap::hub::set_download_progress(mode == Mode::Bar);
+    // Only commands that poll the flag catch the first signal; the others stop at once as usual.
+    let polls = matches!(cli.cmd, Cmd::Caption(_) | Cmd::Eval(_) | Cmd::Train(_));
+    let _ = CTX.set(Ctx {
+        mode,
+        cancel: if polls {
+            signals::install()
+        } else {
+            std::sync::Arc::new(AtomicBool::new(false))
+        },
+        quiet: cli.quiet,
+    });
     let r = match cli.cmd {
         Cmd::Caption(a) => caption(a),
         Cmd::Inspect(a) => inspect(a),
@@ -555,11 +643,35 @@ fn main() -> ExitCode {
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
+            info!("interrupted");
+            ExitCode::from(signals::EXIT_INTERRUPTED)
+        }
+        Err(e) if is_closed_pipe(&*e) => ExitCode::from(EXIT_CLOSED_PIPE),
+        Err(e)
+            if matches!(
+                e.downcast_ref::<smolcap::Error>(),
+                Some(smolcap::Error::Cancelled)
+            ) =>
+        {
+            info!("interrupted");
+            ExitCode::from(signals::EXIT_INTERRUPTED)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Exit status when stdout was closed by the reader (128 + SIGPIPE, as a shell reports a
+/// command killed by it).
+const EXIT_CLOSED_PIPE: u8 = 141;
+
+/// Whether `e` is a write to a closed stdout (`smolcap caption ... | head -1`).
+fn is_closed_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -577,7 +689,17 @@ fn load_model_with(a: &ModelArgs, nf4_decoder: bool) -> AnyResult<Model> {
         revision: a.revision.clone(),
         config_limits: a.limits.to_limits(),
     };
-    Ok(Model::load(&a.model, &opts)?)
+    with_spinner("loading model", || Ok(Model::load(&a.model, &opts)?))
+}
+
+/// Runs `f` under a spinner named `label` (model loading and downloads have no count).
+fn with_spinner<T>(label: &str, f: impl FnOnce() -> AnyResult<T>) -> AnyResult<T> {
+    let p = Progress::new(ctx().mode, label, None, "");
+    let r = f();
+    if r.is_ok() {
+        p.finish("done");
+    }
+    r
 }
 
 fn read_image(spec: &str, limits: &DecodeLimits) -> AnyResult<SourceImage> {
@@ -680,13 +802,22 @@ fn caption(a: CaptionArgs) -> AnyResult<()> {
         )
         .into());
     }
+    let specs = inputs::image_specs(&a.prompt.image, a.images_from.as_deref())?;
+    if specs.is_empty() {
+        return Err("no image given (--image or --images-from)".into());
+    }
     let lim = limits(&a.prompt);
-    let range = a.shard.get()?.range(a.prompt.image.len());
-    let (todo, mut writer, resumed) = shards::caption_output(&a, range)?;
-    let images: Vec<SourceImage> = todo
-        .iter()
-        .map(|&i| read_image(&a.prompt.image[i], &lim))
-        .collect::<AnyResult<_>>()?;
+    let range = a.shard.get()?.range(specs.len());
+    let (todo, mut writer, resumed) = shards::caption_output(&a, &specs, range)?;
+    // A short list is read before the model loads, so a bad path fails fast; a long one is
+    // read batch by batch as it is captioned.
+    let early: Vec<SourceImage> = if todo.len() <= a.batch_size.max(8) {
+        todo.iter()
+            .map(|&i| read_image(&specs[i], &lim))
+            .collect::<AnyResult<_>>()?
+    } else {
+        Vec::new()
+    };
     let model = load_model(&a.model)?;
     for spec in &a.adapter {
         let (dir, weight) = adapter_spec(spec)?;
@@ -698,32 +829,69 @@ fn caption(a: CaptionArgs) -> AnyResult<()> {
             weight,
         });
     }
-    let cancel = AtomicBool::new(false);
+    let cancel = &*ctx().cancel;
+    let stream = a.stream && !a.json && !a.jsonl;
+    let bar = Progress::new(ctx().mode, "captioning", Some(specs.len() as u64), "images");
+    let t0 = std::time::Instant::now();
     let mut results = Vec::new();
     let quiet = writer.is_some();
-    for (chunk_i, chunk) in images.chunks(a.batch_size).enumerate() {
+    let mut done = 0usize;
+    let mut interrupted = false;
+    for (chunk_i, idx) in todo.chunks(a.batch_size).enumerate() {
+        if signals::requested(cancel) {
+            interrupted = true;
+            break;
+        }
+        let read: Vec<SourceImage>;
+        let chunk: &[SourceImage] = if early.is_empty() {
+            read = idx
+                .iter()
+                .map(|&i| read_image(&specs[i], &lim))
+                .collect::<AnyResult<_>>()?;
+            &read
+        } else {
+            &early[chunk_i * a.batch_size..chunk_i * a.batch_size + idx.len()]
+        };
         let inputs: Vec<Vec<&SourceImage>> = chunk.iter().map(|i| vec![i]).collect();
-        let stream = a.stream && !a.json && !quiet;
+        let mut write_err: Option<std::io::Error> = None;
         let mut on_piece = |_: usize, piece: &str| {
             if stream {
                 use std::io::Write;
-                print!("{piece}");
-                let _ = std::io::stdout().flush();
+                let mut o = std::io::stdout().lock();
+                if let Err(e) = o.write_all(piece.as_bytes()).and_then(|()| o.flush()) {
+                    write_err = Some(e);
+                    return ControlFlow::Break(());
+                }
             }
             ControlFlow::Continue(())
         };
-        let caps = model.caption(&inputs, &opts, &cancel, &mut on_piece)?;
+        let caps = match model.caption(&inputs, &opts, cancel, &mut on_piece) {
+            Err(smolcap::Error::Cancelled) => {
+                if let Some(e) = write_err {
+                    return Err(e.into());
+                }
+                interrupted = true;
+                break;
+            }
+            r => r?,
+        };
+        if let Some(e) = write_err {
+            return Err(e.into());
+        }
         let mut records = Vec::with_capacity(caps.len());
         for (j, c) in caps.into_iter().enumerate() {
-            let index = todo[chunk_i * a.batch_size + j];
-            let name = a.prompt.image[index].clone();
-            if stream {
-                println!();
+            let index = idx[j];
+            let name = &specs[index];
+            if a.jsonl {
+                let mut o = std::io::stdout().lock();
+                inputs::write_jsonl(&mut o, name, index, &c.text, &c.token_ids)?;
+            } else if stream {
+                outln!();
             } else if !a.json && !quiet {
-                if images.len() > 1 {
-                    println!("{name}: {}", c.text.trim());
+                if specs.len() > 1 {
+                    outln!("{name}: {}", c.text.trim());
                 } else {
-                    println!("{}", c.text.trim());
+                    outln!("{}", c.text.trim());
                 }
             }
             records.push(
@@ -733,26 +901,50 @@ fn caption(a: CaptionArgs) -> AnyResult<()> {
         if let Some(w) = writer.as_mut() {
             w.append(&records)?;
         }
-        results.extend(records);
+        if a.json {
+            results.extend(records);
+        }
+        done += idx.len();
+        bar.set(
+            done as u64,
+            &format!(
+                "{:.2} img/s",
+                done as f64 / t0.elapsed().as_secs_f64().max(1e-9)
+            ),
+        );
+    }
+    if interrupted {
+        bar.note(&format!(
+            "interrupted after {done} of {} images",
+            todo.len()
+        ));
+    } else {
+        bar.finish("done");
     }
     if let Some(out) = &a.output {
         eprintln!(
-            "wrote {} captions to {} ({resumed} already there; shard {})",
-            results.len(),
+            "wrote {done} captions to {} ({resumed} already there; shard {})",
             out.display(),
             a.shard.get()?
         );
     }
     if a.json {
-        println!(
+        // What is finished is printed, interrupted or not.
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({ "captions": results }))?
         );
+    }
+    if interrupted {
+        return Err(Interrupted.into());
     }
     Ok(())
 }
 
 fn inspect(a: InspectArgs) -> AnyResult<()> {
+    if a.prompt.image.is_empty() {
+        return Err("inspect needs at least one --image".into());
+    }
     let lim = limits(&a.prompt);
     let images: Vec<SourceImage> = a
         .prompt
@@ -780,7 +972,7 @@ fn inspect(a: InspectArgs) -> AnyResult<()> {
         "logits_last": {"ids": idx, "values": idx.iter().map(|&i| logits[i]).collect::<Vec<_>>()},
     });
     let _ = a.json;
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    outln!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
 
@@ -941,13 +1133,13 @@ fn bench(a: BenchArgs) -> AnyResult<()> {
         None => None,
     };
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({"smolcap": ours, "torch": torch}))?
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "model {} | {} tiles, {} prompt tokens, {} new tokens | {} threads",
         a.model.model,
         prep.num_tiles,
@@ -955,9 +1147,12 @@ fn bench(a: BenchArgs) -> AnyResult<()> {
         ours["new_tokens"],
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    println!(
+    outln!(
         "{:<26} {:>12} {:>12} {:>10}",
-        "stage", "smolcap", "pytorch", "ratio"
+        "stage",
+        "smolcap",
+        "pytorch",
+        "ratio"
     );
     let rows = [
         ("preprocess (s)", "preprocess_s"),
@@ -970,22 +1165,22 @@ fn bench(a: BenchArgs) -> AnyResult<()> {
     for (label, key) in rows {
         let o = ours[key].as_f64().unwrap_or(f64::NAN);
         match torch.as_ref().and_then(|t| t[key].as_f64()) {
-            Some(p) => println!("{label:<26} {o:>12.3} {p:>12.3} {:>9.2}x", p / o),
-            None => println!("{label:<26} {o:>12.3} {:>12} {:>10}", "-", "-"),
+            Some(p) => outln!("{label:<26} {o:>12.3} {p:>12.3} {:>9.2}x", p / o),
+            None => outln!("{label:<26} {o:>12.3} {:>12} {:>10}", "-", "-"),
         }
     }
-    println!(
+    outln!(
         "memory read probe: {bw_weights:.1} GB/s allocated like the weights (huge pages where \
          granted), {bw_plain:.1} GB/s plain pages"
     );
-    println!(
+    outln!(
         "decode floor: {:.1} MB of text weights / {:.1} GB/s = {:.1} ms/token; decode is {:.2}x the floor",
         text_weight_bytes / 1e6,
         bw,
         floor_ms,
         decode_ms / floor_ms
     );
-    println!("(ratio = pytorch / smolcap: above 1 means smolcap is faster or smaller)");
+    outln!("(ratio = pytorch / smolcap: above 1 means smolcap is faster or smaller)");
     Ok(())
 }
 
@@ -1017,26 +1212,21 @@ fn merge(a: MergeArgs) -> AnyResult<()> {
         max_shard_bytes: a.max_shard_bytes,
         overwrite: a.overwrite,
     };
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut bar: Option<Progress> = None;
     let mut progress = |done: usize, total: usize| {
-        if tty {
-            let width = 30;
-            let filled = done * width / total.max(1);
-            eprint!(
-                "\rmerging [{}{}] {done}/{total} tensors",
-                "#".repeat(filled),
-                " ".repeat(width - filled)
-            );
-            if done == total {
-                eprintln!();
-            }
+        let b = bar.get_or_insert_with(|| {
+            Progress::new(ctx().mode, "merging", Some(total as u64), "tensors")
+        });
+        b.set(done as u64, "");
+        if done == total {
+            b.finish("done");
         }
     };
     let report = smolcap::merge::merge_save(&base, &refs, &a.save_dir, &opts, &mut progress)?;
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
-    println!(
+    outln!(
         "merged {} LoRA modules, replaced {} modules; wrote {} tensors in {} file(s) to {}",
         report.merged_modules,
         report.replaced_modules,
@@ -1058,27 +1248,16 @@ fn score(a: ScoreArgs) -> AnyResult<()> {
         a.max_caption_bytes,
     )
     .map_err(smolcap::Error::from)?;
-    print!("{out}");
+    out!("{out}");
     if !out.ends_with('\n') {
-        println!();
+        outln!();
     }
     Ok(())
 }
 
-fn seconds_text(s: f64) -> String {
-    let s = s.max(0.0).round() as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    } else if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
-    }
-}
-
 fn eval(a: EvalArgs) -> AnyResult<()> {
     use smolcap::data::{Dataset, DatasetSpec, Select};
-    use smolcap::eval::{EvalOptions, Progress};
+    use smolcap::eval::EvalOptions;
 
     let t_start = std::time::Instant::now();
     let suite: smolcap::metrics::Suite = a.suite.parse().map_err(smolcap::Error::from)?;
@@ -1130,7 +1309,7 @@ fn eval(a: EvalArgs) -> AnyResult<()> {
         ..Default::default()
     });
     let dataset_s = t.elapsed().as_secs_f64();
-    eprintln!(
+    info!(
         "{}: {} rows; evaluating {} unique images",
         ds.description(),
         ds.samples().len(),
@@ -1183,41 +1362,24 @@ fn eval(a: EvalArgs) -> AnyResult<()> {
     }
     let model_load_s = t.elapsed().as_secs_f64();
 
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = Progress::new(
+        ctx().mode,
+        "captioning",
+        Some(groups.len() as u64),
+        "images",
+    );
     let t_caption = std::time::Instant::now();
-    let mut progress = |p: &Progress| {
-        if !tty {
-            return;
-        }
-        let width = 30;
+    let mut progress = |p: &smolcap::eval::Progress| {
         let seen = p.done + p.skipped;
-        let filled = seen * width / p.total.max(1);
-        let el = t_caption.elapsed().as_secs_f64();
-        let rate = p.done as f64 / el.max(1e-9);
-        let eta = if p.done > 0 {
-            format!(
-                ", ETA {}",
-                seconds_text((p.total - seen) as f64 / rate.max(1e-9))
-            )
-        } else {
-            String::new()
-        };
+        let rate = p.done as f64 / t_caption.elapsed().as_secs_f64().max(1e-9);
         let skipped = if p.skipped > 0 {
-            format!(" ({} skipped)", p.skipped)
+            format!(", {} skipped", p.skipped)
         } else {
             String::new()
         };
-        eprint!(
-            "\rcaptioning [{}{}] {seen}/{} images{skipped}, {rate:.2} img/s{eta}   ",
-            "#".repeat(filled),
-            " ".repeat(width - filled),
-            p.total
-        );
-        if seen == p.total {
-            eprintln!();
-        }
+        bar.set(seen as u64, &format!("{rate:.2} img/s{skipped}"));
     };
-    let cancel = AtomicBool::new(false);
+    let cancel = &*ctx().cancel;
     let (todo, done, mut writer) = shards::eval_output(&a, shard, &groups)?;
     let todo_groups: Vec<smolcap::data::ImageGroup> =
         todo.iter().map(|&i| groups[i].clone()).collect();
@@ -1234,10 +1396,18 @@ fn eval(a: EvalArgs) -> AnyResult<()> {
         &ds,
         &todo_groups,
         &opts,
-        &cancel,
+        cancel,
         &mut progress,
         &mut sink,
     )?;
+    if captioned.cancelled {
+        bar.note(&format!(
+            "interrupted: scoring and writing the {} images captioned so far",
+            captioned.images.len()
+        ));
+    } else {
+        bar.finish("done");
+    }
     for b in &captioned.skipped {
         eprintln!("warning: skipped {b}");
     }
@@ -1263,12 +1433,13 @@ fn eval(a: EvalArgs) -> AnyResult<()> {
             .zip(std::mem::take(&mut captioned.images)),
     );
     all.sort_by_key(|(i, _)| *i);
-    let result = smolcap::eval::score_images(
+    let mut result = smolcap::eval::score_images(
         all.into_iter().map(|(_, im)| im).collect(),
         captioned.skipped,
         captioned.timings,
         suite,
     )?;
+    result.cancelled = captioned.cancelled;
 
     let tm = &result.timings;
     let total_s = t_start.elapsed().as_secs_f64();
@@ -1294,6 +1465,7 @@ fn eval(a: EvalArgs) -> AnyResult<()> {
         "max_images": a.max_images,
         "images": result.images.len(),
         "images_selected": groups.len(),
+        "interrupted": result.cancelled,
         "images_skipped": result.skipped,
         "dataset_rows": ds.samples().len(),
         "dataset_bad_rows": ds.bad_rows().len(),
@@ -1314,20 +1486,23 @@ fn eval(a: EvalArgs) -> AnyResult<()> {
         "smolcap_version": env!("CARGO_PKG_VERSION"),
     });
     smolcap::eval::write_outputs(&a.output_dir, &result, &run)?;
-    print!("{}", smolcap::metrics::cli::scorecard(&result.scores));
-    println!(
+    out!("{}", smolcap::metrics::cli::scorecard(&result.scores));
+    outln!(
         "wrote predictions.json, references.json, metrics.json, report.html to {}",
         a.output_dir.display()
     );
     let report = a.output_dir.join("report.html");
     let abs = std::fs::canonicalize(&report).unwrap_or(report);
-    println!("report: file://{}", abs.display());
+    outln!("report: file://{}", abs.display());
+    if result.cancelled {
+        return Err(Interrupted.into());
+    }
     Ok(())
 }
 
 fn train(a: TrainArgs) -> AnyResult<()> {
     use smolcap::data::DatasetSpec;
-    use smolcap::train::run::{run, RunOptions};
+    use smolcap::train::run::{run_with, RunEvent, RunOptions};
     use smolcap::train::{CollateOptions, LoraOptions, TrainOptions};
     // Options are checked before the model is loaded: a bad flag fails at once.
     let saved = match &a.resume {
@@ -1407,10 +1582,66 @@ fn train(a: TrainArgs) -> AnyResult<()> {
         group_by_image: a.group_by_image,
         resume: a.resume.clone(),
         adapter_init: a.adapter_init.clone(),
-        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        progress: false,
     };
-    let r = run(model, &opts, lora, train, None)?;
-    println!(
+    let mut bar: Option<Progress> = None;
+    let mut on_event = |ev: RunEvent| match ev {
+        RunEvent::Started { start, total } => {
+            let b = Progress::new(ctx().mode, "training", Some(total), "steps");
+            if start > 0 {
+                b.set(start, "resumed");
+            }
+            bar = Some(b);
+        }
+        RunEvent::Step {
+            stats,
+            tokens_per_s,
+            ..
+        } => {
+            if let Some(b) = &bar {
+                let skipped = if stats.skipped { " (skipped)" } else { "" };
+                b.set(
+                    stats.step,
+                    &format!(
+                        "loss {:.4} lr {:.2e} {tokens_per_s:.0} tok/s{skipped}",
+                        stats.loss, stats.lr
+                    ),
+                );
+            }
+        }
+        RunEvent::Eval { step, loss } => {
+            if let Some(b) = &bar {
+                b.note(&format!("step {step}: eval loss {loss:.4}"));
+            }
+        }
+        RunEvent::Cancelling { step } => {
+            if let Some(b) = &bar {
+                b.note(&format!(
+                    "interrupted: saving the adapter and checkpoint-{step} (a step in \
+                     flight is dropped)"
+                ));
+            }
+        }
+        RunEvent::Finished { .. } => {
+            if let Some(b) = &bar {
+                b.finish("saving");
+            }
+        }
+    };
+    let cancel = ctx().cancel.clone();
+    let r = run_with(model, &opts, lora, train, Some(cancel), &mut on_event)?;
+    if r.cancelled {
+        outln!(
+            "interrupted after {} steps: adapter in {}, resume with --resume {}",
+            r.steps,
+            r.adapter_dir.display(),
+            r.adapter_dir
+                .join(format!("checkpoint-{}", r.steps))
+                .display()
+        );
+        return Err(Interrupted.into());
+    }
+    outln!(
         "trained {} steps in {:.1} s: last loss {:.4}{}; adapter in {}",
         r.steps,
         r.seconds,
@@ -1420,13 +1651,13 @@ fn train(a: TrainArgs) -> AnyResult<()> {
             .unwrap_or_default(),
         r.adapter_dir.display()
     );
-    println!(
+    outln!(
         "trainable parameters {}, frozen decoder weights resident {:.1} MiB",
         r.trainable_parameters,
         r.resident_weight_bytes as f64 / (1024.0 * 1024.0)
     );
     if r.bad_rows + r.rejected + r.truncated > 0 || r.skipped_steps > 0 {
-        println!(
+        outln!(
             "skipped rows {}, rejected (too long) {}, captions shortened {}, non-finite steps skipped {}",
             r.bad_rows, r.rejected, r.truncated, r.skipped_steps
         );
@@ -1489,10 +1720,10 @@ fn bench_train(a: &BenchArgs, batch: usize) -> AnyResult<()> {
         None => None,
     };
     if a.json {
-        println!("{}", json!({"smolcap": ours, "torch": torch}));
+        outln!("{}", json!({"smolcap": ours, "torch": torch}));
         return Ok(());
     }
-    println!(
+    outln!(
         "LoRA train step, batch {batch} ({} label tokens)",
         st.tokens
     );
@@ -1500,15 +1731,15 @@ fn bench_train(a: &BenchArgs, batch: usize) -> AnyResult<()> {
         Some(tj) => {
             let ts = tj["train_step_s"].as_f64().unwrap_or(f64::NAN);
             let tr = tj["peak_rss_mb"].as_f64().unwrap_or(f64::NAN);
-            println!("{:<22}{:>12}{:>12}{:>10}", "", "smolcap", "torch", "ratio");
-            println!(
+            outln!("{:<22}{:>12}{:>12}{:>10}", "", "smolcap", "torch", "ratio");
+            outln!(
                 "{:<22}{:>12.2}{:>12.2}{:>9.2}x",
                 "step (s)",
                 step_s,
                 ts,
                 ts / step_s
             );
-            println!(
+            outln!(
                 "{:<22}{:>12.0}{:>12.0}{:>9.2}x",
                 "peak RSS (MiB)",
                 peak_rss_mb(),
@@ -1516,7 +1747,7 @@ fn bench_train(a: &BenchArgs, batch: usize) -> AnyResult<()> {
                 tr / peak_rss_mb()
             );
         }
-        None => println!(
+        None => outln!(
             "step {step_s:.2} s, peak RSS {:.0} MiB (after load {loaded_rss:.0} MiB), frozen weights resident {:.0} MiB",
             peak_rss_mb(),
             t.resident_weight_bytes() as f64 / (1024.0 * 1024.0)

@@ -273,7 +273,7 @@ impl PFile {
     fn read_err(&self, e: impl std::fmt::Display) -> Error {
         let msg = e.to_string();
         let hint = if msg.contains("Disabled feature") {
-            " (smolcap reads snappy-compressed or uncompressed parquet only)"
+            " (smolcap reads uncompressed, snappy, gzip, zstd and lz4 parquet; not brotli or lzo)"
         } else {
             ""
         };

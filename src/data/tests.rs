@@ -520,3 +520,48 @@ fn unknown_sources_are_clear_errors() {
     assert!(e.contains("x.json") && e.contains("annotations"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn parquet_codecs_pyarrow_and_polars_write_read_alike() {
+    use ::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use ::parquet::basic::{Compression, GzipLevel, ZstdLevel};
+    use ::parquet::file::properties::WriterProperties;
+    let src = fixture(TEST_PARQUET);
+    let batches: Vec<RecordBatch> =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&src).unwrap())
+            .unwrap()
+            .build()
+            .unwrap()
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+    let want = Dataset::open(&DatasetSpec::new(src.to_string_lossy(), "test")).unwrap();
+    let want_groups = want.grouped(&Select::default());
+    let want_images = decode_all(&want, &want_groups, 8);
+    let dir = temp_dir("codecs");
+    for codec in [
+        Compression::UNCOMPRESSED,
+        Compression::SNAPPY,
+        Compression::GZIP(GzipLevel::default()),
+        Compression::ZSTD(ZstdLevel::default()),
+        Compression::LZ4_RAW,
+    ] {
+        let p = dir.join(format!("{codec:?}.parquet").replace(['(', ')', ' ', '{', '}', ':'], ""));
+        let props = WriterProperties::builder().set_compression(codec).build();
+        let f = std::fs::File::create(&p).unwrap();
+        let mut w =
+            ::parquet::arrow::ArrowWriter::try_new(f, batches[0].schema(), Some(props)).unwrap();
+        for b in &batches {
+            w.write(b).unwrap();
+        }
+        w.close().unwrap();
+        let ds = Dataset::open(&DatasetSpec::new(p.to_string_lossy(), "test"))
+            .unwrap_or_else(|e| panic!("{codec:?}: {e}"));
+        let groups = ds.grouped(&Select::default());
+        assert_eq!(ids(&groups), ids(&want_groups), "{codec:?}");
+        for (g, w) in groups.iter().zip(&want_groups) {
+            assert_eq!(g.references, w.references, "{codec:?}");
+        }
+        assert_eq!(decode_all(&ds, &groups, 8), want_images, "{codec:?}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -90,6 +90,9 @@ pub struct EvalResult {
     pub skipped: Vec<BadRow>,
     /// Timings.
     pub timings: EvalTimings,
+    /// The cancel flag stopped the run: `images` and `scores` cover the batches finished
+    /// before it.
+    pub cancelled: bool,
 }
 
 /// Progress reported after each batch.
@@ -108,6 +111,8 @@ pub struct Progress {
 /// Images that cannot be read or decoded are skipped and listed in [`EvalResult::skipped`];
 /// batches are filled with the next good images, so the batching equals captioning the good
 /// images alone with the same batch size. `progress` is called after each batch and skip.
+/// Once `cancel` is set, the batch in flight is dropped and the finished ones are scored
+/// ([`EvalResult::cancelled`]).
 pub fn run(
     model: &Model,
     ds: &Dataset,
@@ -125,7 +130,9 @@ pub fn run(
         progress,
         &mut |_, _| Ok(()),
     )?;
-    score_images(c.images, c.skipped, c.timings, opts.suite)
+    let mut r = score_images(c.images, c.skipped, c.timings, opts.suite)?;
+    r.cancelled = c.cancelled;
+    Ok(r)
 }
 
 /// Captioned images before scoring: [`caption_groups`]' result.
@@ -139,6 +146,8 @@ pub struct Captioned {
     pub skipped: Vec<BadRow>,
     /// Time spent (no scoring yet).
     pub timings: EvalTimings,
+    /// The cancel flag stopped the captioning: `images` are the batches finished before it.
+    pub cancelled: bool,
 }
 
 /// Scores captioned images against their references (the second half of [`run`]).
@@ -167,8 +176,12 @@ pub fn score_images(
         scores,
         skipped,
         timings,
+        cancelled: false,
     })
 }
+
+/// Receives each captioned batch: its images' positions in `groups` and the images.
+pub type BatchSink<'a> = dyn FnMut(&[usize], &[EvalImage]) -> Result<()> + 'a;
 
 /// The captioning half of [`run`]: `sink(indices, images)` receives each batch's new images
 /// (and their positions in `groups`) as soon as they are captioned, e.g. to write them out.
@@ -179,7 +192,7 @@ pub fn caption_groups(
     opts: &EvalOptions,
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(&Progress),
-    sink: &mut dyn FnMut(&[usize], &[EvalImage]) -> Result<()>,
+    sink: &mut BatchSink,
 ) -> Result<Captioned> {
     if opts.batch_size == 0 {
         return Err(Error::InvalidArgument(
@@ -199,7 +212,12 @@ pub fn caption_groups(
         reason: e.to_string(),
     };
     let mut stream = ds.images(groups, opts.limits, opts.batch_size.max(8));
+    let mut cancelled = false;
     loop {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            cancelled = true;
+            break;
+        }
         let item = stream.next().transpose()?;
         let end = item.is_none();
         match item {
@@ -218,7 +236,7 @@ pub fn caption_groups(
         if pending.len() == opts.batch_size || (end && !pending.is_empty()) {
             let batch = std::mem::take(&mut pending);
             let before = images.len();
-            caption_batch(
+            match caption_batch(
                 model,
                 groups,
                 batch,
@@ -228,7 +246,13 @@ pub fn caption_groups(
                 &mut skipped,
                 &mut timings,
                 &skip,
-            )?;
+            ) {
+                Err(Error::Cancelled) => {
+                    cancelled = true;
+                    break;
+                }
+                r => r?,
+            }
             sink(&indices[before..], &images[before..])?;
             progress(&Progress {
                 done: images.len(),
@@ -241,11 +265,15 @@ pub fn caption_groups(
         }
     }
     timings.caption_s = t0.elapsed().as_secs_f64();
+    if cancelled && images.is_empty() {
+        return Err(Error::Cancelled);
+    }
     Ok(Captioned {
         images,
         indices,
         skipped,
         timings,
+        cancelled,
     })
 }
 

@@ -307,6 +307,7 @@ mod tests {
                 reason: "image: <bad>".into(),
             }],
             timings: EvalTimings::default(),
+            cancelled: false,
         };
         let run = serde_json::json!({"dataset": "d<1>", "split": "test", "n": 2});
         let h = render(&result, &run);

@@ -1,7 +1,8 @@
 //! The C ABI (`include/smolcap.h`, generated from this module by cbindgen).
 //!
-//! This module is the only place in the crate with `unsafe` code and `#[no_mangle]` symbols.
-//! Conventions (DESIGN.md §4):
+//! This module holds every `#[no_mangle]` symbol and most of the crate's `unsafe` code (the rest
+//! is in the CPU kernels under `src/kernels`; see docs/DESIGN.md, "Where `unsafe`
+//! is"). Conventions (docs/DESIGN.md, "C API conventions"):
 //! - every fallible function returns a [`status::smolcap_status`]; the message is in the
 //!   per-thread [`status::smolcap_last_error`];
 //! - out-params are written only on success; inputs are borrowed for the call only;

@@ -205,7 +205,7 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
 #[inline(always)]
 fn dot_rows_body<const FMA: bool>(out: &mut [f32], q: &[f32], w: &[f32]) {
     let d = q.len();
-    if d == 0 || d % 8 != 0 {
+    if d == 0 || !d.is_multiple_of(8) {
         for (o, wr) in out.iter_mut().zip(w.chunks_exact(d.max(1))) {
             *o = dot_body(q, wr);
         }

@@ -1,4 +1,4 @@
-//! Safetensors checkpoints (single file or sharded with an index), memory-mapped and validated.
+//! Safetensors checkpoints (single file or sharded with an index), validated and read with `pread`.
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -132,7 +132,7 @@ fn quantize_blocks(data: &[f32], blocksize: usize) -> (Vec<u8>, Vec<f32>) {
             let scaled = if full { x * inv } else { x / floored };
             let q = nearest(&thresholds, scaled.clamp(-1.0, 1.0));
             let i = b * blocksize + j;
-            codes[i / 2] |= if i % 2 == 0 { q << 4 } else { q };
+            codes[i / 2] |= if i.is_multiple_of(2) { q << 4 } else { q };
         }
     }
     if n % 2 == 1 {

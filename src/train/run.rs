@@ -80,6 +80,47 @@ pub struct RunReport {
     pub resident_weight_bytes: usize,
     /// Where the final adapter is.
     pub adapter_dir: PathBuf,
+    /// The run was cancelled: the adapter and `checkpoint-<steps>/` hold the steps completed
+    /// before it (a step in flight is abandoned), and `--resume` continues exactly.
+    pub cancelled: bool,
+}
+
+/// What a run reports while it goes, for progress displays.
+#[derive(Debug, Clone, Copy)]
+pub enum RunEvent<'a> {
+    /// The loop starts at optimizer step `start` of `total`.
+    Started {
+        /// Steps already done (resumed runs).
+        start: u64,
+        /// Steps of the whole run.
+        total: u64,
+    },
+    /// An optimizer step finished.
+    Step {
+        /// The step's figures.
+        stats: &'a StepStats,
+        /// Steps of the whole run.
+        total: u64,
+        /// Label tokens per second since the loop started.
+        tokens_per_s: f64,
+    },
+    /// An evaluation finished after step `step`.
+    Eval {
+        /// Steps done.
+        step: u64,
+        /// Token-mean loss on the eval rows.
+        loss: f64,
+    },
+    /// The cancel flag was seen; the adapter and a checkpoint of `step` are being written.
+    Cancelling {
+        /// Steps completed (the one in flight is abandoned).
+        step: u64,
+    },
+    /// The loop ended; the adapter and the final checkpoint are being written.
+    Finished {
+        /// Steps completed.
+        step: u64,
+    },
 }
 
 /// Where the run is in the data: saved with checkpoints so a resume continues there.
@@ -201,14 +242,60 @@ fn warn(msg: &str) {
 }
 
 /// Runs training from `opts` with `lora` and `train` (whose `total_steps` and `micro_batch` are
-/// derived here). `cancel` stops the run at the next micro-batch with `Cancelled` (the last
-/// checkpoint stays valid).
+/// derived here). `cancel` stops the run at the next micro-batch: the step in flight is
+/// abandoned, the adapter and a checkpoint of the completed steps are written, and the report
+/// says `cancelled`. With `opts.progress` a progress line goes to stderr.
 pub fn run(
+    model: Arc<dyn ModelRef>,
+    opts: &RunOptions,
+    lora: LoraOptions,
+    train: TrainOptions,
+    cancel: Option<Arc<AtomicBool>>,
+) -> Result<RunReport> {
+    let progress = opts.progress;
+    run_with(model, opts, lora, train, cancel, &mut |ev| {
+        if progress {
+            print_event(&ev)
+        }
+    })
+}
+
+/// The plain progress line of [`run`].
+fn print_event(ev: &RunEvent) {
+    match *ev {
+        RunEvent::Started { .. } => {}
+        RunEvent::Step {
+            stats: st,
+            total,
+            tokens_per_s,
+        } => {
+            eprint!(
+                "\rstep {}/{} loss {:.4} lr {:.3e} {:.0} tok/s{}   ",
+                st.step,
+                total,
+                st.loss,
+                st.lr,
+                tokens_per_s,
+                if st.skipped { " (skipped)" } else { "" }
+            );
+            let _ = std::io::stderr().flush();
+        }
+        RunEvent::Eval { step, loss } => eprintln!("\nstep {step}: eval loss {loss:.4}"),
+        RunEvent::Cancelling { step } => {
+            eprintln!("\ncancelled: saving the adapter and checkpoint-{step}")
+        }
+        RunEvent::Finished { .. } => eprintln!(),
+    }
+}
+
+/// [`run`] reporting its progress to `on_event` instead of stderr.
+pub fn run_with(
     model: Arc<dyn ModelRef>,
     opts: &RunOptions,
     lora: LoraOptions,
     mut train: TrainOptions,
     cancel: Option<Arc<AtomicBool>>,
+    on_event: &mut dyn FnMut(RunEvent),
 ) -> Result<RunReport> {
     let t0 = Instant::now();
     if opts.batch_size == 0 || opts.grad_accum == 0 {
@@ -342,10 +429,18 @@ pub fn run(
     let t_loop = Instant::now();
     let start_step = trainer.step_count();
     let mut unusable_rows = 0usize;
+    on_event(RunEvent::Started {
+        start: start_step,
+        total,
+    });
+    let cancelled = || cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed));
     while trainer.step_count() < total {
-        if cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Err(Error::Cancelled);
+        if cancelled() {
+            report.cancelled = true;
+            break;
         }
+        // Where the data stood before this step: a cancelled step gives its rows back.
+        let pos_before = pos;
         let mut picked: Vec<&Row> = Vec::with_capacity(per_step);
         while picked.len() < per_step {
             if pos.next >= order.len() {
@@ -383,7 +478,14 @@ pub fn run(
             continue;
         }
         unusable_rows = 0;
-        let st: StepStats = trainer.step(&ex)?;
+        let st: StepStats = match trainer.step(&ex) {
+            Err(Error::Cancelled) => {
+                pos = pos_before;
+                report.cancelled = true;
+                break;
+            }
+            r => r?,
+        };
         report.rejected += st.rejected;
         report.truncated += st.truncated;
         report.last_loss = st.loss;
@@ -397,43 +499,48 @@ pub fn run(
             tb.add_scalar(tag, v as f32, step)?;
             jl.add_scalar(tag, v as f32, step)?;
         }
-        if opts.progress {
-            let done = st.step - start_step;
-            let el = t_loop.elapsed().as_secs_f64();
-            let eta = el / done.max(1) as f64 * total.saturating_sub(st.step) as f64;
-            eprint!(
-                "\rstep {}/{} loss {:.4} lr {:.3e} {:.0} tok/s ETA {:.0}s{}   ",
-                st.step,
-                total,
-                st.loss,
-                st.lr,
-                tokens_seen as f64 / el.max(1e-9),
-                eta,
-                if st.skipped { " (skipped)" } else { "" }
-            );
-            let _ = std::io::stderr().flush();
-        }
+        on_event(RunEvent::Step {
+            stats: &st,
+            total,
+            tokens_per_s: tokens_seen as f64 / t_loop.elapsed().as_secs_f64().max(1e-9),
+        });
         let last = trainer.step_count() >= total;
-        if !eval_ex.is_empty() && (last || (opts.eval_steps > 0 && st.step % opts.eval_steps == 0))
+        if !eval_ex.is_empty()
+            && (last || (opts.eval_steps > 0 && st.step.is_multiple_of(opts.eval_steps)))
         {
-            let (l, _) = trainer.eval(&eval_ex)?;
-            report.eval_loss = Some(l);
-            tb.add_scalar("eval/loss", l as f32, step)?;
-            jl.add_scalar("eval/loss", l as f32, step)?;
-            if opts.progress {
-                eprintln!("\nstep {}: eval loss {l:.4}", st.step);
+            match trainer.eval(&eval_ex) {
+                Ok((l, _)) => {
+                    report.eval_loss = Some(l);
+                    tb.add_scalar("eval/loss", l as f32, step)?;
+                    jl.add_scalar("eval/loss", l as f32, step)?;
+                    on_event(RunEvent::Eval {
+                        step: st.step,
+                        loss: l,
+                    });
+                }
+                // The step itself is complete: keep it, skip the evaluation.
+                Err(Error::Cancelled) => {
+                    report.cancelled = true;
+                    break;
+                }
+                Err(e) => return Err(e),
             }
         }
-        if opts.save_steps > 0 && st.step % opts.save_steps == 0 && !last {
+        if opts.save_steps > 0 && st.step.is_multiple_of(opts.save_steps) && !last {
             let dir = opts.output_dir.join(format!("checkpoint-{}", st.step));
             trainer.save_checkpoint(&dir, &json!(pos))?;
         }
         tb.flush()?;
         jl.flush()?;
     }
-    if opts.progress {
-        eprintln!();
-    }
+    tb.flush()?;
+    jl.flush()?;
+    let step = trainer.step_count();
+    on_event(if report.cancelled {
+        RunEvent::Cancelling { step }
+    } else {
+        RunEvent::Finished { step }
+    });
     // The seed's layout: the adapter at the top of the output directory, plus a final
     // checkpoint so the run can be extended.
     write_adapter_files(&trainer, &opts.output_dir)?;

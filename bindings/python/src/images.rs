@@ -66,7 +66,7 @@ pub(crate) fn pending(obj: &Bound<'_, PyAny>, lim: &DecodeLimits) -> PyResult<Pe
     if obj.hasattr("tobytes")? && obj.hasattr("mode")? && obj.hasattr("size")? {
         return Ok(Pending::Ready(from_pil(obj, lim)?));
     }
-    if obj.get_type().name()?.to_string() == "memoryview" {
+    if obj.get_type().name()? == "memoryview" {
         let b: Vec<u8> = obj.call_method0("tobytes")?.extract()?;
         return Ok(Pending::Bytes(b));
     }

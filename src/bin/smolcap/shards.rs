@@ -32,6 +32,7 @@ impl ShardArgs {
 /// records already written are checked against the inputs and skipped).
 pub fn caption_output(
     a: &CaptionArgs,
+    names: &[String],
     range: std::ops::Range<usize>,
 ) -> AnyResult<(Vec<usize>, Option<smolcap::shard::JsonlWriter>, usize)> {
     let Some(out) = &a.output else {
@@ -45,7 +46,7 @@ pub fn caption_output(
         for r in smolcap::shard::read_resumable(out)? {
             let index = r["index"].as_u64().map(|i| i as usize);
             let ok = index.is_some_and(|i| {
-                range.contains(&i) && r["image"].as_str() == Some(a.prompt.image[i].as_str())
+                range.contains(&i) && r["image"].as_str() == Some(names[i].as_str())
             });
             match index {
                 Some(i) if ok => {
