@@ -457,18 +457,9 @@ fn attention_by_kv_head(sh: &AttentionShape, operands: Operands) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::tests::max_diff;
     use candle_core::{Device, Tensor};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     #[test]
     fn attention_kernel_matches_reference_math() {

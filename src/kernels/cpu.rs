@@ -697,6 +697,7 @@ pub fn softmax_scaled(x: &Tensor, scale: f64) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::tests::max_diff;
     use candle_core::Device;
 
     #[test]
@@ -740,16 +741,6 @@ mod tests {
         assert_eq!(s, vec![0.0, 1.0, 0.0]);
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     #[test]
     fn streamed_buffer_is_an_empty_buffer_of_that_capacity() {

@@ -284,8 +284,20 @@ pub fn forward_pass<R: Send>(on: &Tensor, f: impl FnOnce() -> R + Send) -> R {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Largest element-wise difference of two f32 tensors (for the kernels' tests).
+    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
 
     #[test]
     fn the_kernel_choice_parses_known_values_and_rejects_others() {
