@@ -460,7 +460,6 @@ mod tests {
     use crate::kernels::tests::max_diff;
     use candle_core::{Device, Tensor};
 
-
     #[test]
     fn attention_kernel_matches_reference_math() {
         // 150 query rows (prompt path: Kᵀ materialised, two row blocks).

@@ -741,7 +741,6 @@ mod tests {
         assert_eq!(s, vec![0.0, 1.0, 0.0]);
     }
 
-
     #[test]
     fn streamed_buffer_is_an_empty_buffer_of_that_capacity() {
         for len in [0, 5, 3 << 20] {
