@@ -25,6 +25,9 @@ mod common;
 #[path = "hostile/nullgen.rs"]
 mod nullgen;
 
+#[path = "hostile_common/mod.rs"]
+mod hostile_common;
+use hostile_common::kind;
 use std::collections::BTreeMap;
 use std::ffi::{c_char, CStr, CString};
 use std::io::Cursor;
@@ -59,22 +62,6 @@ fn report(entries: &[&'static str], min_total: usize) {
         println!("hostile: {e}: {n} cases");
     }
     assert!(total >= min_total, "only {total} cases for {entries:?}");
-}
-
-/// The error kind as a short name (the C status it maps to).
-fn kind(e: &Error) -> &'static str {
-    match e {
-        Error::InvalidArgument(_) => "invalid",
-        Error::Io { .. } => "io",
-        Error::Format { .. } => "format",
-        Error::Unsupported(_) => "unsupported",
-        Error::Image(_) => "image",
-        Error::Limit(_) => "limit",
-        Error::Device(_) => "device",
-        Error::Cancelled => "cancelled",
-        Error::Internal(_) => "internal",
-        Error::Numeric(_) => "numeric",
-    }
 }
 
 /// Runs `f`, turning a panic into a test failure that names the case.
