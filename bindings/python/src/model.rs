@@ -527,6 +527,13 @@ impl CaptionStream {
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         loop {
+            // Checked on every call, not only when the wait times out: a consumer such as
+            // `list(stream)` runs no bytecode between pieces, so Python's own handler would not
+            // see Ctrl-C until the whole caption had streamed.
+            if let Err(e) = py.check_signals() {
+                self.finish(py);
+                return Err(e);
+            }
             let taken = self
                 .rx
                 .lock()
@@ -564,12 +571,7 @@ impl CaptionStream {
                         Err(msg) => Err(panic_err(&msg)),
                     };
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Err(e) = py.check_signals() {
-                        self.finish(py);
-                        return Err(e);
-                    }
-                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     self.finish(py);
                     return Ok(None);
