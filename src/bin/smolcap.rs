@@ -427,6 +427,10 @@ struct BenchArgs {
     /// --image-longest-edge; default: the model's own).
     #[arg(long = "train-longest-edge")]
     train_longest_edge: Option<u32>,
+    /// With --train-batch: gradient checkpointing (each decoder layer's forward redone during
+    /// the backward pass instead of keeping its activations).
+    #[arg(long = "gradient-checkpointing")]
+    gradient_checkpointing: bool,
 }
 
 #[derive(Args)]
@@ -1695,6 +1699,7 @@ fn bench_train(a: &BenchArgs, batch: usize) -> AnyResult<()> {
         micro_batch: batch.max(1),
         total_steps: 100,
         qlora: a.qlora,
+        recompute: a.gradient_checkpointing,
         ..TrainOptions::default()
     };
     opts.collate.longest_edge = a.train_longest_edge;
@@ -1708,6 +1713,7 @@ fn bench_train(a: &BenchArgs, batch: usize) -> AnyResult<()> {
         "tokens": st.tokens,
         "trainable_parameters": t.trainable_parameters(),
         "qlora": a.qlora,
+        "gradient_checkpointing": a.gradient_checkpointing,
         "resident_weight_mb": t.resident_weight_bytes() as f64 / (1024.0 * 1024.0),
         "rss_after_load_mb": loaded_rss,
         "peak_rss_mb": peak_rss_mb(),

@@ -134,6 +134,50 @@ pub(super) unsafe fn gemm_raw(
     }
 }
 
+/// `dst[i·dst_rs + j] (+)= Σ_p a[i·a_rs + p·a_cs] · b[p·b_rs + j·b_cs]`: [`gemm_raw`] with
+/// the left operand's column stride free too (products with a transposed left operand, as the
+/// attention backward's `Pᵀ·dO`), on the calling thread.
+///
+/// # Safety
+/// As [`gemm_raw`].
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_strided(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    (a, a_rs, a_cs): (*const f32, usize, usize),
+    (b, b_rs, b_cs): (*const f32, usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the caller guarantees the bounds and aliasing rules above.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            a,
+            a_cs as isize,
+            a_rs as isize,
+            b,
+            b_cs as isize,
+            b_rs as isize,
+            if accumulate { 1.0f32 } else { 0.0 },
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
 /// `y = x Wᵀ (+ bias) (+ residual)` for `x` `[m, k]` and `W` `[out, k]` on the CPU in f32, the
 /// bias and residual folded into the product's output; `None` when the fast path does not apply.
 pub fn linear(

@@ -5,6 +5,8 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
+use super::attention_grad::{self, TrainShape};
+use super::cpu;
 use crate::error::Result;
 
 /// RMSNorm forward: `(y, rstd)` with `rstd = 1/sqrt(mean(x²) + eps)` of shape `[..., 1]`.
@@ -70,59 +72,141 @@ pub fn causal_mask(l: usize, dev: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(m, (l, l), dev)?)
 }
 
-/// Saved tensors of one attention forward pass.
-pub struct AttnCache {
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    p: Tensor,
+/// What one attention forward pass keeps for its backward.
+pub enum AttnCache {
+    /// The CPU kernels of [`super::attention_grad`]: the inputs and each query row's softmax
+    /// statistics; the probabilities are recomputed by the backward pass.
+    Fast {
+        sh: TrainShape,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        stats: Vec<f32>,
+    },
+    /// candle's ops: inputs with the KV heads repeated, and the probabilities.
+    Generic {
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        p: Tensor,
+        scale: f64,
+        kv_heads: usize,
+    },
 }
 
-/// Scaled dot-product attention of `q` `[b, h, L, d]` over `k`, `v` `[b, kvh, L, d]` (grouped
-/// heads), with an optional additive `[L, L]` mask; returns `[b, h, L, d]` and the cache.
+/// Scaled dot-product self-attention of `q` `[b, h, L, d]` over `k`, `v` `[b, kvh, L, d]`
+/// (grouped heads), causal or bidirectional; returns `[b, L, h·d]` (the output projection's
+/// input) and the cache for [`attention_bwd`].
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scale: f64,
-    mask: Option<&Tensor>,
+    causal: bool,
 ) -> Result<(Tensor, AttnCache)> {
-    let rep = q.dim(1)? / k.dim(1)?;
+    let (b, h, l, d) = q.dims4()?;
+    let kv_heads = k.dim(1)?;
+    if super::fast(q) && super::fast(k) && super::fast(v) {
+        let sh = TrainShape {
+            batch: b,
+            q_heads: h,
+            kv_heads,
+            rows: l,
+            d,
+            scale: scale as f32,
+            causal,
+        };
+        let (out, stats) = {
+            let (qg, ql) = q.storage_and_layout();
+            let (kg, kl) = k.storage_and_layout();
+            let (vg, vl) = v.storage_and_layout();
+            attention_grad::forward(
+                &sh,
+                cpu::f32_slice(&qg, ql)?,
+                cpu::f32_slice(&kg, kl)?,
+                cpu::f32_slice(&vg, vl)?,
+            )?
+        };
+        let o = Tensor::from_vec(out, (b, l, h * d), q.device())?;
+        let cache = AttnCache::Fast {
+            sh,
+            q: q.clone(),
+            k: k.clone(),
+            v: v.clone(),
+            stats,
+        };
+        return Ok((o, cache));
+    }
+    let rep = h / kv_heads;
     let k = repeat_kv(k, rep)?;
     let v = repeat_kv(v, rep)?;
     let s = (q.matmul(&k.t()?)? * scale)?;
-    let s = match mask {
-        Some(m) => s.broadcast_add(m)?,
-        None => s,
+    let s = if causal {
+        s.broadcast_add(&causal_mask(l, q.device())?)?
+    } else {
+        s
     };
     let p = crate::kernels::softmax_scaled(&s.contiguous()?, 1.0)?;
-    let o = p.matmul(&v)?;
+    let o = p.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h * d))?;
     Ok((
         o,
-        AttnCache {
+        AttnCache::Generic {
             q: q.clone(),
             k,
             v,
             p,
+            scale,
+            kv_heads,
         },
     ))
 }
 
-/// Backward of [`attention`]: `(dq, dk, dv)` with `dk`, `dv` summed back to the KV heads.
-pub fn attention_bwd(
-    d_o: &Tensor,
-    c: &AttnCache,
-    scale: f64,
-    kv_heads: usize,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let d_o = d_o.contiguous()?;
-    let dp = d_o.matmul(&c.v.t()?)?;
-    let dv = c.p.t()?.matmul(&d_o)?;
-    let row = (&dp * &c.p)?.sum_keepdim(D::Minus1)?;
-    let ds = (c.p.clone() * dp.broadcast_sub(&row)?)?;
-    let dq = (ds.matmul(&c.k)? * scale)?;
-    let dk = (ds.t()?.matmul(&c.q)? * scale)?;
-    Ok((dq, reduce_kv(&dk, kv_heads)?, reduce_kv(&dv, kv_heads)?))
+/// Backward of [`attention`] from the output gradient `d_o` `[b, L, h·d]`: `(dq, dk, dv)` in
+/// the inputs' shapes (`dk`, `dv` summed back to the KV heads).
+pub fn attention_bwd(d_o: &Tensor, c: &AttnCache) -> Result<(Tensor, Tensor, Tensor)> {
+    match c {
+        AttnCache::Fast { sh, q, k, v, stats } => {
+            let d_o = d_o.contiguous()?;
+            let (dq, dk, dv) = {
+                let (qg, ql) = q.storage_and_layout();
+                let (kg, kl) = k.storage_and_layout();
+                let (vg, vl) = v.storage_and_layout();
+                let (gg, gl) = d_o.storage_and_layout();
+                attention_grad::backward(
+                    sh,
+                    cpu::f32_slice(&qg, ql)?,
+                    cpu::f32_slice(&kg, kl)?,
+                    cpu::f32_slice(&vg, vl)?,
+                    stats,
+                    cpu::f32_slice(&gg, gl)?,
+                )?
+            };
+            let dev = q.device();
+            Ok((
+                Tensor::from_vec(dq, q.dims(), dev)?,
+                Tensor::from_vec(dk, k.dims(), dev)?,
+                Tensor::from_vec(dv, k.dims(), dev)?,
+            ))
+        }
+        AttnCache::Generic {
+            q,
+            k,
+            v,
+            p,
+            scale,
+            kv_heads,
+        } => {
+            let (b, h, l, d) = q.dims4()?;
+            let d_o = d_o.reshape((b, l, h, d))?.transpose(1, 2)?.contiguous()?;
+            let dp = d_o.matmul(&v.t()?)?;
+            let dv = p.t()?.matmul(&d_o)?;
+            let row = (&dp * p)?.sum_keepdim(D::Minus1)?;
+            let ds = (p.clone() * dp.broadcast_sub(&row)?)?;
+            let dq = (ds.matmul(k)? * *scale)?;
+            let dk = (ds.t()?.matmul(q)? * *scale)?;
+            Ok((dq, reduce_kv(&dk, *kv_heads)?, reduce_kv(&dv, *kv_heads)?))
+        }
+    }
 }
 
 /// `[b, kvh, L, d]` → `[b, kvh·rep, L, d]`, head h reading KV head h / rep.
@@ -171,6 +255,61 @@ pub fn gelu_tanh_bwd(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
     let dinner = ((&x2 * (3.0 * K))? + 1.0)?.affine(C, 0.0)?;
     let right = ((x * 0.5)? * (sech2 * dinner)?)?;
     Ok((dy * (left + right)?)?)
+}
+
+/// Whether element `i` survives dropout with probability `1 − threshold/2²⁴` under `seed`: a
+/// hash of the pair (SplitMix64's finaliser), so a mask is a pure function of its seed and the
+/// backward pass regenerates it instead of keeping it.
+#[inline(always)]
+fn dropout_keep(seed: u64, i: u64, threshold: u64) -> bool {
+    let mut z = seed.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 40) >= threshold
+}
+
+/// Inverted dropout: `x` with each element zeroed with probability `p` (to 2⁻²⁴) and the rest
+/// divided by `1 − p`, the mask drawn from `seed` alone (the same on every device and on both
+/// kernel paths).
+pub fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let threshold = (f64::from(p) * f64::from(1u32 << 24)).round() as u64;
+    let keep = (1.0 / (1.0 - f64::from(p))) as f32;
+    if super::fast(x) {
+        use rayon::prelude::*;
+        let mut out = vec![0f32; x.elem_count()];
+        {
+            let (g, l) = x.storage_and_layout();
+            let src = cpu::f32_slice(&g, l)?;
+            const CHUNK: usize = 1 << 14;
+            out.par_chunks_mut(CHUNK)
+                .zip(src.par_chunks(CHUNK))
+                .enumerate()
+                .for_each(|(c, (o, s))| {
+                    let base = (c * CHUNK) as u64;
+                    for (j, (o, &v)) in o.iter_mut().zip(s).enumerate() {
+                        if dropout_keep(seed, base + j as u64, threshold) {
+                            *o = v * keep;
+                        }
+                    }
+                });
+        }
+        return Ok(Tensor::from_vec(out, x.dims(), x.device())?);
+    }
+    let mask: Vec<f32> = (0..x.elem_count() as u64)
+        .map(|i| {
+            if dropout_keep(seed, i, threshold) {
+                keep
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.dims(), x.device())?.to_dtype(x.dtype())?;
+    Ok((x * mask)?)
 }
 
 /// Sum of token cross-entropies of `logits` `[n, V]` against `labels`, and its gradient with
@@ -272,15 +411,17 @@ mod tests {
         let k = Tensor::randn(0f32, 1.0, (b, kvh, l, d), &dev).unwrap();
         let v = Tensor::randn(0f32, 1.0, (b, kvh, l, d), &dev).unwrap();
         let g = Tensor::randn(0f32, 1.0, (b, h, l, d), &dev).unwrap();
-        let mask = causal_mask(l, &dev).unwrap();
         let scale = 0.5;
-        let (_, cache) = attention(&q, &k, &v, scale, Some(&mask)).unwrap();
-        let (dq, dk, dv) = attention_bwd(&g, &cache, scale, kvh).unwrap();
-        let f =
-            |q: &Tensor, k: &Tensor, v: &Tensor| attention(q, k, v, scale, Some(&mask)).unwrap().0;
-        assert!(max_abs(&dq, &numeric(|t| f(t, &k, &v), &q, &g)) < 2e-3);
-        assert!(max_abs(&dk, &numeric(|t| f(&q, t, &v), &k, &g)) < 2e-3);
-        assert!(max_abs(&dv, &numeric(|t| f(&q, &k, t), &v, &g)) < 2e-3);
+        let go = g.transpose(1, 2).unwrap().reshape((b, l, h * d)).unwrap();
+        for causal in [true, false] {
+            let (_, cache) = attention(&q, &k, &v, scale, causal).unwrap();
+            let (dq, dk, dv) = attention_bwd(&go, &cache).unwrap();
+            let f =
+                |q: &Tensor, k: &Tensor, v: &Tensor| attention(q, k, v, scale, causal).unwrap().0;
+            assert!(max_abs(&dq, &numeric(|t| f(t, &k, &v), &q, &go)) < 2e-3);
+            assert!(max_abs(&dk, &numeric(|t| f(&q, t, &v), &k, &go)) < 2e-3);
+            assert!(max_abs(&dv, &numeric(|t| f(&q, &k, t), &v, &go)) < 2e-3);
+        }
 
         let pos: Vec<f32> = (0..l * d / 2).map(|i| i as f32 * 0.37).collect();
         let ang = Tensor::from_vec(pos, (l, d / 2), &dev).unwrap();
@@ -288,6 +429,48 @@ mod tests {
         let got = rope_bwd(&g, &cos, &sin.neg().unwrap()).unwrap();
         let want = numeric(|t| rope(t, &cos, &sin).unwrap(), &q, &g);
         assert!(max_abs(&got, &want) < 2e-3);
+    }
+
+    #[test]
+    fn dropout_is_a_pure_function_of_its_seed_with_the_asked_rate() {
+        let dev = Device::Cpu;
+        let x = Tensor::ones((300, 1000), DType::F32, &dev).unwrap();
+        let a: Vec<f32> = dropout(&x, 0.25, 7)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f32> = dropout(&x, 0.25, 7)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let c: Vec<f32> = dropout(&x, 0.25, 8)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+        let dropped = a.iter().filter(|&&v| v == 0.0).count() as f64 / a.len() as f64;
+        // 300,000 draws: the standard deviation of the rate is 0.0008.
+        assert!((dropped - 0.25).abs() < 0.005, "dropped {dropped}");
+        // The generic path (what a GPU runs) draws the same mask as the CPU kernel.
+        let host: Vec<f32> = (0..x.elem_count() as u64)
+            .map(|i| {
+                if dropout_keep(7, i, 1 << 22) {
+                    1.0 / 0.75
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        assert_eq!(a, host);
+        assert_eq!(dropout(&x, 0.0, 7).unwrap().id(), x.id());
     }
 
     #[test]

@@ -263,6 +263,22 @@ fn axpy_rows_body<const FMA: bool>(acc: &mut [f32], x: &[f32], w: &[f32]) {
     }
 }
 
+/// `row ← e^(scale·row − shift)` (a softmax row recomputed from its log-sum-exp).
+#[inline(always)]
+fn exp_shift_body<const FMA: bool>(row: &mut [f32], scale: f32, shift: f32) {
+    for v in row.iter_mut() {
+        *v = exp_f32::<FMA>(*v * scale - shift);
+    }
+}
+
+/// `dp ← scale · p ⊙ (dp − d)`: the gradient of a softmax row's inputs from that of its outputs.
+#[inline(always)]
+fn softmax_grad_body(dp: &mut [f32], p: &[f32], d: f32, scale: f32) {
+    for (g, &pv) in dp.iter_mut().zip(p) {
+        *g = scale * pv * (*g - d);
+    }
+}
+
 /// Defines `pub fn $name` that runs `$body` compiled for the best instruction set present.
 macro_rules! dispatch {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $body:ident $(::<$fma:ident>)?) => {
@@ -335,6 +351,16 @@ dispatch! {
 dispatch! {
     /// `acc[c] += Σ_r x[r] · w[r·acc.len() + c]` (rows of a row-major matrix scaled and summed).
     fn axpy_rows(acc: &mut [f32], x: &[f32], w: &[f32]) -> () = axpy_rows_body::<FMA>
+}
+
+dispatch! {
+    /// `row ← e^(scale·row − shift)` element-wise.
+    fn exp_shift(row: &mut [f32], scale: f32, shift: f32) -> () = exp_shift_body::<FMA>
+}
+
+dispatch! {
+    /// `dp ← scale · p ⊙ (dp − d)` element-wise (softmax backward for one row, `d = Σ dp·p`).
+    fn softmax_grad(dp: &mut [f32], p: &[f32], d: f32, scale: f32) -> () = softmax_grad_body
 }
 
 #[cfg(test)]

@@ -126,13 +126,33 @@ pub(crate) struct LinCache {
     lora: Option<LoraCache>,
 }
 
+impl LinCache {
+    /// The cache without its input, for a caller that recomputes the input for the backward
+    /// pass (a norm or an activation: cheaper to redo than to keep through the whole step).
+    fn without_input(self) -> LoraPart {
+        LoraPart(self.lora)
+    }
+}
+
+/// A [`LinCache`] whose input the caller recomputes.
+pub(crate) struct LoraPart(Option<LoraCache>);
+
+impl LoraPart {
+    fn with_input(&self, x: &Tensor) -> LinCache {
+        LinCache {
+            x: x.clone(),
+            lora: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
 struct LoraCache {
-    /// Input after dropout (equals x when dropout is off).
-    xd: Tensor,
-    /// `xd Aᵀ`.
+    /// `dropout(x) Aᵀ`.
     xa: Tensor,
-    /// Dropout keep-mask already divided by (1 − p).
-    mask: Option<Tensor>,
+    /// The dropout rate and mask seed when dropout is on: the backward pass redraws the mask
+    /// instead of keeping it and the dropped input (two input-sized tensors per module).
+    dropout: Option<(f32, u64)>,
 }
 
 /// Per-forward settings.
@@ -181,26 +201,16 @@ impl TLinear {
             Some(l) => {
                 let a = &ctx.params.values[l.a];
                 let b = &ctx.params.values[l.b];
-                let (xd, mask) = match (ctx.dropout > 0.0, ctx.rng.as_deref_mut()) {
-                    (true, Some(rng)) => {
-                        let keep = 1.0 - ctx.dropout;
-                        let m: Vec<f32> = (0..x.elem_count())
-                            .map(|_| {
-                                if rng.random::<f32>() < ctx.dropout {
-                                    0.0
-                                } else {
-                                    1.0 / keep
-                                }
-                            })
-                            .collect();
-                        let m = Tensor::from_vec(m, x.dims(), x.device())?;
-                        ((x * &m)?, Some(m))
-                    }
-                    _ => (x.clone(), None),
+                let dropout = match (ctx.dropout > 0.0, ctx.rng.as_deref_mut()) {
+                    (true, Some(rng)) => Some((ctx.dropout, rng.random::<u64>())),
+                    _ => None,
                 };
-                let xa = xd.matmul(&a.t()?)?;
+                let xa = match dropout {
+                    Some((p, seed)) => grad::dropout(x, p, seed)?.matmul(&a.t()?)?,
+                    None => x.matmul(&a.t()?)?,
+                };
                 y = (y + (xa.matmul(&b.t()?)? * l.scale)?)?;
-                Some(LoraCache { xd, xa, mask })
+                Some(LoraCache { xa, dropout })
             }
             None => None,
         };
@@ -230,11 +240,15 @@ impl TLinear {
             let b = &p.values[l.b];
             let dyb = dy.matmul(b)?; // [rows, r]
             g.add(l.b, (dy.t()?.matmul(&lc.xa)? * l.scale)?)?;
-            g.add(l.a, (dyb.t()?.matmul(&lc.xd)? * l.scale)?)?;
+            let xd = match lc.dropout {
+                Some((p, seed)) => grad::dropout(&c.x, p, seed)?,
+                None => c.x.clone(),
+            };
+            g.add(l.a, (dyb.t()?.matmul(&xd)? * l.scale)?)?;
             if let Some(d) = dx.take() {
                 let mut dl = (dyb.matmul(a)? * l.scale)?;
-                if let Some(m) = &lc.mask {
-                    dl = (dl * m)?;
+                if let Some((p, seed)) = lc.dropout {
+                    dl = grad::dropout(&dl, p, seed)?;
                 }
                 dx = Some((d + dl)?);
             }
@@ -266,22 +280,24 @@ struct TextLayer {
     down: TLinear,
 }
 
-/// What one decoder layer's forward keeps.
+/// What one decoder layer's forward keeps. The two norms' outputs and the gated activation
+/// are recomputed by the backward pass (from `x0`, `h1`, `g` and `u`), not kept: 30% of a
+/// layer's activations at Llama's MLP width.
 pub(crate) struct TextLayerCache {
     x0: Tensor,
     rstd1: Tensor,
-    cq: LinCache,
-    ck: LinCache,
-    cv: LinCache,
+    cq: LoraPart,
+    ck: LoraPart,
+    cv: LoraPart,
     attn: AttnCache,
     co: LinCache,
     h1: Tensor,
     rstd2: Tensor,
-    cg: LinCache,
-    cu: LinCache,
+    cg: LoraPart,
+    cu: LoraPart,
     g: Tensor,
     u: Tensor,
-    cd: LinCache,
+    cd: LoraPart,
 }
 
 /// The Llama decoder under training.
@@ -545,8 +561,8 @@ impl Net {
             let (k, ck) = l.k.forward(&x1, ctx)?;
             let (v, cv) = l.v.forward(&x1, ctx)?;
             let scale = (vn.head_dim as f64).powf(-0.5);
-            let (o, attn) = grad::attention(&split(q)?, &split(k)?, &split(v)?, scale, None)?;
-            let om = o.transpose(1, 2)?.reshape((n * seq, hid))?;
+            let (o, attn) = grad::attention(&split(q)?, &split(k)?, &split(v)?, scale, false)?;
+            let om = o.reshape((n * seq, hid))?;
             let (ao, co) = l.out.forward(&om, ctx)?;
             let h1 = (h + ao.reshape((n, seq, hid))?)?;
             let (x2, xhat2, rstd2) = grad::layer_norm(&h1, &l.ln2_w, &l.ln2_b, vn.eps)?;
@@ -638,11 +654,7 @@ impl Net {
                         .out
                         .backward(&dh1.reshape((rows, hid))?, &c.co, p, g, true)?
                         .ok_or_else(no_dx)?;
-                    let d_o = dom
-                        .reshape((n, seq, vn.heads, vn.head_dim))?
-                        .transpose(1, 2)?;
-                    let scale = (vn.head_dim as f64).powf(-0.5);
-                    let (dq, dk, dv) = grad::attention_bwd(&d_o, &c.attn, scale, vn.heads)?;
+                    let (dq, dk, dv) = grad::attention_bwd(&dom.reshape((n, seq, hid))?, &c.attn)?;
                     let merge = |t: Tensor| -> Result<Tensor> {
                         Ok(t.transpose(1, 2)?.contiguous()?.reshape((rows, hid))?)
                     };
@@ -771,7 +783,6 @@ impl TextNet {
         x0: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
         ctx: &mut Ctx,
     ) -> Result<(Tensor, TextLayerCache)> {
         let lay = &self.layers[li];
@@ -790,15 +801,15 @@ impl TextNet {
         let k = grad::rope(&heads(k, kvh)?, cos, sin)?;
         let v = heads(v, kvh)?;
         let scale = (hd as f64).powf(-0.5);
-        let (o, attn) = grad::attention(&q, &k, &v, scale, Some(mask))?;
-        let om = o.transpose(1, 2)?.reshape((rows, nh * hd))?;
+        let (o, attn) = grad::attention(&q, &k, &v, scale, true)?;
+        let om = o.reshape((rows, nh * hd))?;
         let (ao, co) = lay.o.forward(&om, ctx)?;
         let h1 = (x0 + ao.reshape((b, l, h))?)?;
         let (n2, rstd2) = grad::rms_norm(&h1, &lay.ln2, self.eps)?;
         let n2 = n2.reshape((rows, h))?;
         let (g, cg) = lay.gate.forward(&n2, ctx)?;
         let (u, cu) = lay.up.forward(&n2, ctx)?;
-        let a = (candle_nn::ops::silu(&g)? * &u)?;
+        let a = crate::kernels::silu_mul(&g, &u)?;
         let (d, cd) = lay.down.forward(&a, ctx)?;
         let h2 = (&h1 + d.reshape((b, l, h))?)?;
         Ok((
@@ -806,18 +817,18 @@ impl TextNet {
             TextLayerCache {
                 x0: x0.clone(),
                 rstd1,
-                cq,
-                ck,
-                cv,
+                cq: cq.without_input(),
+                ck: ck.without_input(),
+                cv: cv.without_input(),
                 attn,
                 co,
                 h1,
                 rstd2,
-                cg,
-                cu,
+                cg: cg.without_input(),
+                cu: cu.without_input(),
                 g,
                 u,
-                cd,
+                cd: cd.without_input(),
             },
         ))
     }
@@ -839,44 +850,56 @@ impl TextNet {
         let rows = b * l;
         let (nh, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
         let dd = dh2.reshape((rows, h))?;
+        let a = crate::kernels::silu_mul(&c.g, &c.u)?;
         let da = lay
             .down
-            .backward(&dd, &c.cd, p, g, true)?
+            .backward(&dd, &c.cd.with_input(&a), p, g, true)?
             .ok_or_else(no_dx)?;
+        drop(a);
         let dg = grad::silu_bwd(&(&da * &c.u)?, &c.g)?;
-        let du = (&da * candle_nn::ops::silu(&c.g)?)?;
+        let du = crate::kernels::silu_mul(&c.g, &da)?;
+        let n2 = grad::rms_norm(&c.h1, &lay.ln2, self.eps)?
+            .0
+            .reshape((rows, h))?;
         let dn2 = lay
             .gate
-            .backward(&dg, &c.cg, p, g, true)?
+            .backward(&dg, &c.cg.with_input(&n2), p, g, true)?
             .ok_or_else(no_dx)?;
-        let dn2 = (dn2 + lay.up.backward(&du, &c.cu, p, g, true)?.ok_or_else(no_dx)?)?;
+        let dn2 = (dn2
+            + lay
+                .up
+                .backward(&du, &c.cu.with_input(&n2), p, g, true)?
+                .ok_or_else(no_dx)?)?;
+        drop(n2);
         let dh1 = (dh2 + grad::rms_norm_bwd(&dn2.reshape((b, l, h))?, &c.h1, &lay.ln2, &c.rstd2)?)?;
         let dom = lay
             .o
             .backward(&dh1.reshape((rows, h))?, &c.co, p, g, true)?
             .ok_or_else(no_dx)?;
-        let d_o = dom.reshape((b, l, nh, hd))?.transpose(1, 2)?;
-        let scale = (hd as f64).powf(-0.5);
-        let (dq, dk, dv) = grad::attention_bwd(&d_o, &c.attn, scale, kvh)?;
+        let (dq, dk, dv) = grad::attention_bwd(&dom.reshape((b, l, nh * hd))?, &c.attn)?;
         let dq = grad::rope_bwd(&dq, cos, neg_sin)?;
         let dk = grad::rope_bwd(&dk, cos, neg_sin)?;
         let flat = |t: Tensor, n: usize| -> Result<Tensor> {
             Ok(t.transpose(1, 2)?.contiguous()?.reshape((rows, n * hd))?)
         };
+        let n1 = grad::rms_norm(&c.x0, &lay.ln1, self.eps)?
+            .0
+            .reshape((rows, h))?;
         let mut dn1 = lay
             .q
-            .backward(&flat(dq, nh)?, &c.cq, p, g, true)?
+            .backward(&flat(dq, nh)?, &c.cq.with_input(&n1), p, g, true)?
             .ok_or_else(no_dx)?;
         dn1 = (dn1
             + lay
                 .k
-                .backward(&flat(dk, kvh)?, &c.ck, p, g, true)?
+                .backward(&flat(dk, kvh)?, &c.ck.with_input(&n1), p, g, true)?
                 .ok_or_else(no_dx)?)?;
         dn1 = (dn1
             + lay
                 .v
-                .backward(&flat(dv, kvh)?, &c.cv, p, g, true)?
+                .backward(&flat(dv, kvh)?, &c.cv.with_input(&n1), p, g, true)?
                 .ok_or_else(no_dx)?)?;
+        drop(n1);
         Ok((dh1 + grad::rms_norm_bwd(&dn1.reshape((b, l, h))?, &c.x0, &lay.ln1, &c.rstd1)?)?)
     }
 
@@ -887,24 +910,20 @@ impl TextNet {
         batch: &TextBatch,
         ctx: &mut Ctx,
     ) -> Result<f64> {
-        let (cos, sin, mask) = self.tables(embeds)?;
+        let (cos, sin) = self.tables(embeds)?;
         let mut x = embeds.clone();
         for li in 0..self.layers.len() {
-            x = self.layer_forward(li, &x, &cos, &sin, &mask, ctx)?.0;
+            x = self.layer_forward(li, &x, &cos, &sin, ctx)?.0;
         }
         let head = self.head(&x, batch)?;
         Ok(grad::cross_entropy(&head.logits, batch.labels, 0.0)?.0)
     }
 
-    /// RoPE tables and the causal mask for the sequence length of `embeds` `[b, L, hidden]`.
-    fn tables(&self, embeds: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    /// RoPE tables for the sequence length of `embeds` `[b, L, hidden]`.
+    fn tables(&self, embeds: &Tensor) -> Result<(Tensor, Tensor)> {
         let l = embeds.dim(1)?;
         self.check(l)?;
-        Ok((
-            self.cos.narrow(0, 0, l)?,
-            self.sin.narrow(0, 0, l)?,
-            grad::causal_mask(l, embeds.device())?,
-        ))
+        Ok((self.cos.narrow(0, 0, l)?, self.sin.narrow(0, 0, l)?))
     }
 
     /// Final norm and output head, only at the positions that predict a label.
@@ -943,7 +962,7 @@ impl TextNet {
         rngs: &mut dyn FnMut(usize) -> Option<StdRng>,
     ) -> Result<(f64, Option<Tensor>)> {
         let (b, l, h) = embeds.dims3()?;
-        let (cos, sin, mask) = self.tables(embeds)?;
+        let (cos, sin) = self.tables(embeds)?;
         let neg_sin = sin.neg()?;
         let mut inputs = Vec::with_capacity(self.layers.len());
         let mut caches = Vec::with_capacity(self.layers.len());
@@ -955,7 +974,7 @@ impl TextNet {
                 dropout: ctx.dropout,
                 rng: rng.as_mut(),
             };
-            let (y, c) = self.layer_forward(li, &x, &cos, &sin, &mask, &mut lctx)?;
+            let (y, c) = self.layer_forward(li, &x, &cos, &sin, &mut lctx)?;
             if recompute {
                 inputs.push(x);
             } else {
@@ -978,7 +997,7 @@ impl TextNet {
                     dropout: ctx.dropout,
                     rng: rng.as_mut(),
                 };
-                self.layer_forward(li, &inputs[li], &cos, &sin, &mask, &mut lctx)?
+                self.layer_forward(li, &inputs[li], &cos, &sin, &mut lctx)?
                     .1
             } else {
                 match caches.pop() {
