@@ -4,7 +4,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::{Activation, TextConfig};
 use crate::error::{Error, Result};
-use crate::kernels::{self, softmax_scaled};
+use crate::kernels;
+use crate::kernels::cached_attention::{attend, CacheSlot, Heads, PassInputs};
 use crate::lora::LoraSet;
 use crate::model::linear::{Linear, RmsNorm};
 use crate::model::vision::activate;
@@ -260,7 +261,7 @@ impl TextModel {
         // On the CPU this runs on a pool thread: the parallel kernels below are not each handed
         // over from a blocked caller thread, and the other workers stay awake between them.
         kernels::forward_pass(embeds, || {
-            let (b, l, _) = embeds.dims3()?;
+            let l = embeds.dim(1)?;
             let past = cache.len;
             let total = past + l;
             if total > cache.capacity {
@@ -276,46 +277,26 @@ impl TextModel {
                     "position exceeds max_position_embeddings {max_pos}"
                 )));
             }
-            // The CPU f32 path applies RoPE and masks on raw buffers (positions and key mask read
-            // once); other devices and dtypes gather RoPE tables and build an additive mask.
-            let inputs = if self.cpu_path(embeds, cache) {
-                AttnInputs::Host(HostInputs {
-                    positions: pos_flat.to_vec1::<u32>()?,
-                    key_mask: match key_mask {
-                        Some(m) => Some(m.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>()?),
-                        None => None,
-                    },
-                })
-            } else {
-                let gather = |t: &Tensor| -> Result<Tensor> {
-                    Ok(t.index_select(&pos_flat, 0)?.reshape((b, l, ()))?)
-                };
-                AttnInputs::Tensors {
-                    cos: gather(&self.rope.cos)?,
-                    sin: gather(&self.rope.sin)?,
-                    mask: self.build_mask(b, l, past, key_mask, embeds.device())?,
-                }
-            };
+            let cache_tensors: Vec<&Tensor> = cache.k.iter().chain(&cache.v).collect();
+            let inputs = PassInputs::new(
+                embeds,
+                positions,
+                key_mask,
+                past,
+                (&self.rope.cos, &self.rope.sin),
+                &cache_tensors,
+            )?;
             let mut h = embeds.clone();
             // With only the last position's logits wanted, the last layer needs every position's
             // keys and values (for the cache) but queries, attention and MLP for the last row only.
-            let trim_last =
-                matches!(logits, Logits::Last) && l > 1 && matches!(inputs, AttnInputs::Host(_));
+            let trim_last = matches!(logits, Logits::Last) && l > 1 && inputs.is_host();
             for (i, layer) in self.layers.iter().enumerate() {
                 let x = layer.input_ln.forward(&h)?;
-                let o = match &inputs {
-                    AttnInputs::Host(host) => {
-                        let last_only = trim_last && i + 1 == self.layers.len();
-                        let o = self.attention_cpu(layer, &x, host, cache, i, last_only, lora)?;
-                        if last_only {
-                            h = h.narrow(1, l - 1, 1)?.contiguous()?;
-                        }
-                        o
-                    }
-                    AttnInputs::Tensors { cos, sin, mask } => {
-                        self.attention(layer, &x, cos, sin, mask.as_ref(), cache, i, lora)?
-                    }
-                };
+                let last_only = trim_last && i + 1 == self.layers.len();
+                let o = self.attention(layer, &x, &inputs, cache, i, last_only, lora)?;
+                if last_only {
+                    h = h.narrow(1, l - 1, 1)?.contiguous()?;
+                }
                 let h1 = layer.attn.o.forward_residual(&o, &h, lora)?;
                 let x = layer.post_ln.forward(&h1)?;
                 let [g, u]: [Tensor; 2] =
@@ -342,232 +323,57 @@ impl TextModel {
         })
     }
 
-    /// Additive mask `[b, 1, 1, L, total]` in f32 or None when plain causal attention over a
-    /// single query needs none.
-    fn build_mask(
-        &self,
-        b: usize,
-        l: usize,
-        past: usize,
-        key_mask: Option<&Tensor>,
-        dev: &Device,
-    ) -> Result<Option<Tensor>> {
-        if l == 1 && key_mask.is_none() {
-            return Ok(None);
-        }
-        let total = past + l;
-        let keys: Option<Vec<u8>> = match key_mask {
-            Some(m) => {
-                let (mb, mt) = m.dims2()?;
-                if mb != b || mt != total {
-                    return Err(Error::Internal(format!(
-                        "key mask shape [{mb}, {mt}] != [{b}, {total}]"
-                    )));
-                }
-                Some(m.to_dtype(DType::U8)?.flatten_all()?.to_vec1::<u8>()?)
-            }
-            None => None,
-        };
-        let neg = f32::MIN;
-        let mut data = vec![0f32; b * l * total];
-        for r in 0..b {
-            for i in 0..l {
-                let row = &mut data[(r * l + i) * total..(r * l + i + 1) * total];
-                for (j, v) in row.iter_mut().enumerate() {
-                    let causal_ok = j <= past + i;
-                    let key_ok = keys.as_ref().is_none_or(|k| k[r * total + j] != 0);
-                    if !(causal_ok && key_ok) {
-                        *v = neg;
-                    }
-                }
-            }
-        }
-        Ok(Some(Tensor::from_vec(data, (b, 1, 1, l, total), dev)?))
-    }
-
+    /// Self-attention of layer `li` before the output projection: the projections here, RoPE,
+    /// the cache write and the attention in the kernels. With `last_only` (CPU kernels only),
+    /// the query of the last row alone; every row's keys and values still go to the cache.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         layer: &Layer,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-        cache: &mut KvCache,
-        li: usize,
-        lora: &LoraSet,
-    ) -> Result<Tensor> {
-        let c = &self.cfg;
-        let (b, l, _) = x.dims3()?;
-        let (nh, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let rep = nh / kvh;
-        let q = layer
-            .attn
-            .q
-            .forward(x, lora)?
-            .reshape((b, l, nh, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let k = layer
-            .attn
-            .k
-            .forward(x, lora)?
-            .reshape((b, l, kvh, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let v = layer
-            .attn
-            .v
-            .forward(x, lora)?
-            .reshape((b, l, kvh, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-        let past = cache.len;
-        cache.k[li].slice_set(&k, 2, past)?;
-        cache.v[li].slice_set(&v, 2, past)?;
-        let total = past + l;
-        let k_all = cache.k[li].narrow(2, 0, total)?;
-        let v_all = cache.v[li].narrow(2, 0, total)?;
-        // Grouped-query attention without copying K/V: query heads sharing a KV head are stacked
-        // along the query axis ([b, kvh, rep·L, d]).
-        let qg = q.reshape((b, kvh, rep * l, hd))?;
-        let scale = (hd as f64).powf(-0.5);
-        let scores = qg.matmul(&k_all.t()?)?;
-        let probs = match mask {
-            // The mask is added after scaling, as in the reference.
-            Some(m) => {
-                let s = (scores.to_dtype(DType::F32)? * scale)?
-                    .reshape((b, kvh, rep, l, total))?
-                    .broadcast_add(m)?
-                    .reshape((b, kvh, rep * l, total))?;
-                softmax_scaled(&s, 1.0)?.to_dtype(x.dtype())?
-            }
-            None => softmax_scaled(&scores, scale)?,
-        };
-        let o = probs.matmul(&v_all)?; // [b, kvh, rep·L, d]
-        Ok(o.reshape((b, nh, l, hd))?
-            .transpose(1, 2)?
-            .reshape((b, l, nh * hd))?)
-    }
-
-    /// Whether the raw CPU f32 kernels apply (inputs, cache and RoPE tables on the CPU in f32).
-    fn cpu_path(&self, embeds: &Tensor, cache: &KvCache) -> bool {
-        let ok = kernels::fast;
-        ok(embeds)
-            && ok(&self.rope.cos)
-            && ok(&self.rope.sin)
-            && cache.k.iter().chain(&cache.v).all(ok)
-    }
-
-    /// Self-attention of layer `li` on the CPU in f32, before the output projection: RoPE and
-    /// the cache layout written in one pass, attention read straight from the projections and
-    /// the cache. Returns `[b, L, heads·head_dim]`, or `[b, 1, …]` for the last row alone with
-    /// `last_only` (every row's keys and values still go to the cache).
-    #[allow(clippy::too_many_arguments)]
-    fn attention_cpu(
-        &self,
-        layer: &Layer,
-        x: &Tensor,
-        host: &HostInputs,
+        inputs: &PassInputs,
         cache: &mut KvCache,
         li: usize,
         last_only: bool,
         lora: &LoraSet,
     ) -> Result<Tensor> {
-        use crate::kernels::attention::{attention_raw, AttentionShape, HeadLayout};
-        use crate::kernels::cpu::{self as ops, f32_slice};
-        use std::borrow::Cow;
-        let c = &self.cfg;
-        let (b, l, _) = x.dims3()?;
-        let (nh, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        // Query rows: all, or only the last of each batch row.
-        let (lq, q_pos, q, k, v) = if last_only {
-            let pos: Vec<u32> = (0..b).map(|bi| host.positions[bi * l + l - 1]).collect();
+        let a = &layer.attn;
+        let (q, k, v) = if last_only {
+            let l = x.dim(1)?;
             let xq = x.narrow(1, l - 1, 1)?.contiguous()?;
-            let q = layer.attn.q.forward(&xq, lora)?;
-            let k = layer.attn.k.forward(x, lora)?;
-            let v = layer.attn.v.forward(x, lora)?;
-            (1, Cow::Owned(pos), q, k, v)
-        } else {
-            let pos = Cow::Borrowed(host.positions.as_slice());
-            let a = &layer.attn;
+            (
+                a.q.forward(&xq, lora)?,
+                a.k.forward(x, lora)?,
+                a.v.forward(x, lora)?,
+            )
+        } else if inputs.is_host() {
             let [q, k, v]: [Tensor; 3] = Linear::forward_many(&[&a.q, &a.k, &a.v], x, lora)?
                 .try_into()
                 .map_err(|_| Error::Internal("q/k/v projections".into()))?;
-            (l, pos, q, k, v)
-        };
-        let dev = x.device();
-        let (qr, kr, vt) = {
-            let (cg, cl) = self.rope.cos.storage_and_layout();
-            let (sg, sl) = self.rope.sin.storage_and_layout();
-            let (cos, sin) = (f32_slice(&cg, cl)?, f32_slice(&sg, sl)?);
-            let (qg, ql) = q.storage_and_layout();
-            let (kg, kl) = k.storage_and_layout();
-            let (vg, vl) = v.storage_and_layout();
-            let pos = &host.positions;
+            (q, k, v)
+        } else {
             (
-                ops::rope(
-                    f32_slice(&qg, ql)?,
-                    &q_pos,
-                    cos,
-                    sin,
-                    (b, lq, nh, hd),
-                    false,
-                )?,
-                ops::rope(f32_slice(&kg, kl)?, pos, cos, sin, (b, l, kvh, hd), true)?,
-                ops::heads_first(f32_slice(&vg, vl)?, (b, l, kvh, hd)),
+                a.q.forward(x, lora)?,
+                a.k.forward(x, lora)?,
+                a.v.forward(x, lora)?,
             )
         };
+        let c = &self.cfg;
         let past = cache.len;
-        let total = past + l;
-        cache.k[li].slice_set(&Tensor::from_vec(kr, (b, kvh, l, hd), dev)?, 2, past)?;
-        cache.v[li].slice_set(&Tensor::from_vec(vt, (b, kvh, l, hd), dev)?, 2, past)?;
-        let (kg, kl) = cache.k[li].storage_and_layout();
-        let (vg, vl) = cache.v[li].storage_and_layout();
-        let cache_layout = HeadLayout::heads_rows(cache.capacity, kvh, hd);
-        let sh = AttentionShape {
-            batch: b,
-            q_heads: nh,
-            kv_heads: kvh,
-            rows: lq,
-            keys: total,
-            d: hd,
-            scale: (hd as f64).powf(-0.5) as f32,
-            // The query rows are the last lq of the l new ones.
-            causal: Some(past + l - lq),
-        };
-        let out = attention_raw(
-            &sh,
-            &qr,
-            HeadLayout::rows_heads(lq, nh, hd),
-            f32_slice(&kg, kl)?,
-            cache_layout,
-            f32_slice(&vg, vl)?,
-            cache_layout,
-            host.key_mask.as_deref(),
-        )?;
-        Ok(Tensor::from_vec(out, (b, lq, nh * hd), dev)?)
+        attend(
+            inputs,
+            (&q, &k, &v),
+            Heads {
+                q: c.num_attention_heads,
+                kv: c.num_key_value_heads,
+                d: c.head_dim,
+            },
+            (&self.rope.cos, &self.rope.sin),
+            CacheSlot {
+                k: &mut cache.k[li],
+                v: &mut cache.v[li],
+                past,
+            },
+        )
     }
-}
-
-/// Per-forward inputs of the attention layers, by path.
-enum AttnInputs {
-    /// The raw CPU f32 kernels.
-    Host(HostInputs),
-    /// Candle ops: RoPE tables gathered at the positions, optional additive mask.
-    Tensors {
-        cos: Tensor,
-        sin: Tensor,
-        mask: Option<Tensor>,
-    },
-}
-
-/// What the CPU path reads on the host once per forward pass.
-struct HostInputs {
-    /// RoPE position of each `[b, L]` token.
-    positions: Vec<u32>,
-    /// `[b, past + L]` key mask (1 = attend), when some row is padded.
-    key_mask: Option<Vec<u8>>,
 }
