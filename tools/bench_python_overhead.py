@@ -21,14 +21,19 @@ import sys
 import time
 
 PY = """
-import sys, smolcap
+import json, sys, smolcap
 a = sys.argv
 m = smolcap.Model.load(a[1])
 imgs = a[5:]
 caps = m.caption(imgs, max_new_tokens=int(a[2]), min_new_tokens=int(a[3]), batch_size=int(a[4]))
 for i, c in zip(imgs, caps):
-    print(f"{i}: {c.text.strip()}")
+    print(json.dumps({"image": i, "token_ids": list(c.token_ids)}))
 """
+
+
+def token_ids(jsonl):
+    """The token ids of each caption, in order, from JSONL output (the CLI's --jsonl or ours)."""
+    return [json.loads(line)["token_ids"] for line in jsonl.splitlines() if line.strip()]
 
 
 def timed(cmd, env):
@@ -55,7 +60,7 @@ def main():
     images = a.image * a.copies
     n = str(a.new_tokens)
     cli = [a.cli, "caption", "--model", a.model, "--max-new-tokens", n, "--min-new-tokens", n,
-           "--batch-size", str(a.batch_size)]
+           "--batch-size", str(a.batch_size), "--jsonl"]
     for i in images:
         cli += ["--image", i]
     py = [a.python, "-c", PY, a.model, n, n, str(a.batch_size)] + images
@@ -63,7 +68,7 @@ def main():
     # Same captions from both (and a warm page cache).
     _, c_out = timed(cli, env)
     _, p_out = timed(py, env)
-    if c_out != p_out:
+    if token_ids(c_out) != token_ids(p_out) or not token_ids(c_out):
         sys.exit(f"outputs differ:\nCLI:\n{c_out}\nPython:\n{p_out}")
     ts_c, ts_p = [], []
     for _ in range(a.repeat):

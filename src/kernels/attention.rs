@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::cpu::{gemm_raw, SharedOut};
+use super::gemm::{gemm_raw, SharedOut};
 use super::simd;
 use crate::error::{Error, Result};
 

@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::cpu::{gemm_raw, gemm_strided, SharedOut};
+use super::gemm::{gemm_raw, gemm_strided, SharedOut};
 use super::simd;
 use crate::error::{Error, Result};
 

@@ -8,8 +8,8 @@
 //!
 //! - [`cpu`]: the CPU f32 kernels (gemm-based linear, RoPE, gated SiLU, tanh-GELU, softmax)
 //!   and [`attention`] (read from the projections' and the KV cache's layouts; the decoder's
-//!   RoPE + cache + attention step is [`cached_attention`], both paths), built on
-//!   [`simd`] and run on [`pool`]; [`nf4`]: products with NF4 weights, tile by tile.
+//!   RoPE + cache + attention step is [`cached_attention`], both paths), built on [`gemm`]
+//!   and [`simd`] and run on [`pool`]; [`nf4`]: products with NF4 weights, tile by tile.
 //! - [`grad`]: forward and backward of the ops the trainer differentiates, with
 //!   [`attention_grad`] the CPU kernels of training attention.
 
@@ -17,6 +17,7 @@ pub mod attention;
 pub mod attention_grad;
 pub mod cached_attention;
 pub mod cpu;
+pub(crate) mod gemm;
 pub mod grad;
 pub mod nf4;
 pub(crate) mod pool;

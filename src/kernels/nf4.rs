@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::cpu::{gemm_raw, SharedOut};
+use super::gemm::{gemm_raw, SharedOut};
 use crate::error::{Error, Result};
 use crate::quant::nf4::Nf4Tensor;
 
