@@ -20,31 +20,15 @@ pub(crate) unsafe fn gemm_raw(
     b_rs: usize,
     b_cs: usize,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    // SAFETY: the caller guarantees the bounds and aliasing rules above.
+    // SAFETY: the caller's guarantees are gemm_strided's, with a unit column stride for `a`.
     unsafe {
-        ::gemm::gemm(
-            m,
-            n,
-            k,
+        gemm_strided(
+            (m, n, k),
             dst,
-            1,
-            dst_rs as isize,
+            dst_rs,
             accumulate,
-            a,
-            1,
-            a_rs as isize,
-            b,
-            b_cs as isize,
-            b_rs as isize,
-            if accumulate { 1.0f32 } else { 0.0 },
-            1.0f32,
-            false,
-            false,
-            false,
-            ::gemm::Parallelism::None,
+            (a, a_rs, 1),
+            (b, b_rs, b_cs),
         )
     }
 }
@@ -55,7 +39,6 @@ pub(crate) unsafe fn gemm_raw(
 ///
 /// # Safety
 /// As [`gemm_raw`].
-#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_strided(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
