@@ -76,7 +76,7 @@ thread_local! {
 }
 
 /// Runs `f` on an empty buffer with capacity for at least `len` scores.
-fn with_scores<R>(len: usize, f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+pub(super) fn with_scores<R>(len: usize, f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
     // Taken out while in use: a nested call would start from an empty buffer, not alias this one.
     let mut buf = SCORES.try_with(|c| c.take()).unwrap_or_default();
     buf.clear();

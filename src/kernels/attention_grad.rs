@@ -9,6 +9,7 @@
 
 use rayon::prelude::*;
 
+use super::attention::with_scores;
 use super::gemm::{gemm_raw, gemm_strided, SharedOut};
 use super::simd;
 use crate::error::{Error, Result};
@@ -95,9 +96,9 @@ pub fn forward(sh: &TrainShape, q: &[f32], k: &[f32], v: &[f32]) -> Result<(Vec<
     let rep = q_heads / kv_heads;
     let blocks = rows.div_ceil(BLOCK);
     let mut out = vec![0f32; batch * rows * q_heads * d];
-    let mut lse = vec![0f32; batch * q_heads * rows * 2];
+    let mut stats = vec![0f32; batch * q_heads * rows * 2];
     let dst = SharedOut(out.as_mut_ptr());
-    let lse_dst = SharedOut(lse.as_mut_ptr());
+    let stats_dst = SharedOut(stats.as_mut_ptr());
     (0..batch * q_heads * blocks)
         .into_par_iter()
         .for_each(|task| {
@@ -108,58 +109,64 @@ pub fn forward(sh: &TrainShape, q: &[f32], k: &[f32], v: &[f32]) -> Result<(Vec<
             let span = if sh.causal { r0 + nr } else { rows };
             let kv0 = sh.head_at(bi, kv_heads, h / rep);
             let q0 = sh.head_at(bi, q_heads, h) + r0 * d;
-            let mut s = vec![0f32; nr * span];
-            // SAFETY: check() sized q, k and v for every (batch, head, row) read here; s holds
-            // nr·span elements.
-            unsafe {
-                gemm_raw(
-                    (nr, span, d),
-                    s.as_mut_ptr(),
-                    span,
-                    false,
-                    q.as_ptr().add(q0),
-                    d,
-                    k.as_ptr().add(kv0),
-                    1,
-                    d,
-                );
-            }
-            for (i, row) in s.chunks_mut(span).enumerate() {
-                let vis = sh.visible(r0 + i).min(span);
-                let m = simd::max(&row[..vis]) * scale;
-                let sum = simd::exp_sum(&mut row[..vis], scale);
-                // Normalised before the product, as the reference computes softmax(S)·V (and as
-                // the backward pass recomputes the probabilities).
-                let inv = 1.0 / sum;
-                for x in &mut row[..vis] {
-                    *x *= inv;
-                }
-                row[vis..].fill(0.0);
-                // SAFETY: this task alone writes the stats of rows r0..r0+nr of head h.
+            // The thread's reused score buffer: a fresh prompt-sized block per task would map
+            // and fault in new pages every time.
+            with_scores(nr * span, |s| {
+                s.resize(nr * span, 0.0);
+                // SAFETY: check() sized q, k and v for every (batch, head, row) read here; s holds
+                // nr·span elements.
                 unsafe {
-                    let at = lse_dst.get().add(((bi * q_heads + h) * rows + r0 + i) * 2);
-                    *at = m;
-                    *at.add(1) = inv;
+                    gemm_raw(
+                        (nr, span, d),
+                        s.as_mut_ptr(),
+                        span,
+                        false,
+                        q.as_ptr().add(q0),
+                        d,
+                        k.as_ptr().add(kv0),
+                        1,
+                        d,
+                    );
                 }
-            }
-            // SAFETY: this task alone writes rows r0..r0+nr of head h in batch row bi, with an
-            // overwriting product; v holds the span keys' values of KV head h / rep.
-            unsafe {
-                let o0 = sh.out_at(bi, r0, h);
-                gemm_raw(
-                    (nr, d, span),
-                    dst.get().add(o0),
-                    q_heads * d,
-                    false,
-                    s.as_ptr(),
-                    span,
-                    v.as_ptr().add(kv0),
-                    d,
-                    1,
-                );
-            }
+                for (i, row) in s.chunks_mut(span).enumerate() {
+                    let vis = sh.visible(r0 + i).min(span);
+                    let m = simd::max(&row[..vis]) * scale;
+                    let sum = simd::exp_sum(&mut row[..vis], scale);
+                    // Normalised before the product, as the reference computes softmax(S)·V (and as
+                    // the backward pass recomputes the probabilities).
+                    let inv = 1.0 / sum;
+                    for x in &mut row[..vis] {
+                        *x *= inv;
+                    }
+                    row[vis..].fill(0.0);
+                    // SAFETY: this task alone writes the stats of rows r0..r0+nr of head h.
+                    unsafe {
+                        let at = stats_dst
+                            .get()
+                            .add(((bi * q_heads + h) * rows + r0 + i) * 2);
+                        *at = m;
+                        *at.add(1) = inv;
+                    }
+                }
+                // SAFETY: this task alone writes rows r0..r0+nr of head h in batch row bi, with an
+                // overwriting product; v holds the span keys' values of KV head h / rep.
+                unsafe {
+                    let o0 = sh.out_at(bi, r0, h);
+                    gemm_raw(
+                        (nr, d, span),
+                        dst.get().add(o0),
+                        q_heads * d,
+                        false,
+                        s.as_ptr(),
+                        span,
+                        v.as_ptr().add(kv0),
+                        d,
+                        1,
+                    );
+                }
+            });
         });
-    Ok((out, lse))
+    Ok((out, stats))
 }
 
 /// Backward pass of [`forward`] (given its stats) from the output gradient `d_out` `[batch, rows, q_heads·d]`:
@@ -170,7 +177,7 @@ pub fn backward(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    lse: &[f32],
+    stats: &[f32],
     d_out: &[f32],
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     sh.check(q.len(), k.len(), v.len())?;
@@ -183,7 +190,7 @@ pub fn backward(
         scale,
         ..
     } = *sh;
-    if d_out.len() != q.len() || lse.len() != batch * q_heads * rows * 2 {
+    if d_out.len() != q.len() || stats.len() != batch * q_heads * rows * 2 {
         return Err(Error::Internal(format!(
             "attention backward: gradient or stats sizes for {sh:?}"
         )));
@@ -246,9 +253,9 @@ pub fn backward(
                     let row = &mut p[i * span..(i + 1) * span];
                     let at = ((bi * q_heads + h) * rows + r) * 2;
                     // The forward pass's exponentials exactly, then normalised.
-                    simd::exp_shift(&mut row[..vis], scale, lse[at]);
+                    simd::exp_shift(&mut row[..vis], scale, stats[at]);
                     for x in &mut row[..vis] {
-                        *x *= lse[at + 1];
+                        *x *= stats[at + 1];
                     }
                     row[vis..].fill(0.0);
                     let g = &mut dp[i * span..(i + 1) * span];
@@ -409,8 +416,8 @@ mod tests {
             let k = gen(batch * kv_heads * rows * d, 2);
             let v = gen(batch * kv_heads * rows * d, 3);
             let g = gen(batch * q_heads * rows * d, 4);
-            let (out, lse) = forward(&sh, &q, &k, &v).unwrap();
-            let (dq, dk, dv) = backward(&sh, &q, &k, &v, &lse, &g).unwrap();
+            let (out, stats) = forward(&sh, &q, &k, &v).unwrap();
+            let (dq, dk, dv) = backward(&sh, &q, &k, &v, &stats, &g).unwrap();
             let (ro, rdq, rdk, rdv) = reference(&sh, &q, &k, &v, &g);
             let tag = format!("{batch}x{q_heads}/{kv_heads}x{rows} causal {causal}");
             assert!(worst(&out, &ro) < 1e-4, "out {tag}: {}", worst(&out, &ro));

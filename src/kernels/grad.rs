@@ -341,19 +341,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &[u32], grad_scale: f64) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use crate::kernels::tests::max_diff;
 
     /// Numerical gradient of `sum(f(x) · g)` with respect to x, by central differences in f64.
     fn numeric<F: Fn(&Tensor) -> Tensor>(f: F, x: &Tensor, g: &Tensor) -> Tensor {
@@ -390,17 +378,29 @@ mod tests {
         let (_, rstd) = rms_norm(&x, &w, 1e-5).unwrap();
         let got = rms_norm_bwd(&g, &x, &w, &rstd).unwrap();
         let want = numeric(|t| rms_norm(t, &w, 1e-5).unwrap().0, &x, &g);
-        assert!(max_abs(&got, &want) < 2e-3, "rms {}", max_abs(&got, &want));
+        assert!(
+            max_diff(&got, &want) < 2e-3,
+            "rms {}",
+            max_diff(&got, &want)
+        );
         let (_, xhat, rstd) = layer_norm(&x, &w, &b, 1e-6).unwrap();
         let got = layer_norm_bwd(&g, &xhat, &w, &rstd).unwrap();
         let want = numeric(|t| layer_norm(t, &w, &b, 1e-6).unwrap().0, &x, &g);
-        assert!(max_abs(&got, &want) < 2e-3, "ln {}", max_abs(&got, &want));
+        assert!(max_diff(&got, &want) < 2e-3, "ln {}", max_diff(&got, &want));
         let got = gelu_tanh_bwd(&g, &x).unwrap();
         let want = numeric(|t| gelu_tanh(t).unwrap(), &x, &g);
-        assert!(max_abs(&got, &want) < 2e-3, "gelu {}", max_abs(&got, &want));
+        assert!(
+            max_diff(&got, &want) < 2e-3,
+            "gelu {}",
+            max_diff(&got, &want)
+        );
         let got = silu_bwd(&g, &x).unwrap();
         let want = numeric(|t| candle_nn::ops::silu(t).unwrap(), &x, &g);
-        assert!(max_abs(&got, &want) < 2e-3, "silu {}", max_abs(&got, &want));
+        assert!(
+            max_diff(&got, &want) < 2e-3,
+            "silu {}",
+            max_diff(&got, &want)
+        );
     }
 
     #[test]
@@ -418,9 +418,9 @@ mod tests {
             let (dq, dk, dv) = attention_bwd(&go, &cache).unwrap();
             let f =
                 |q: &Tensor, k: &Tensor, v: &Tensor| attention(q, k, v, scale, causal).unwrap().0;
-            assert!(max_abs(&dq, &numeric(|t| f(t, &k, &v), &q, &go)) < 2e-3);
-            assert!(max_abs(&dk, &numeric(|t| f(&q, t, &v), &k, &go)) < 2e-3);
-            assert!(max_abs(&dv, &numeric(|t| f(&q, &k, t), &v, &go)) < 2e-3);
+            assert!(max_diff(&dq, &numeric(|t| f(t, &k, &v), &q, &go)) < 2e-3);
+            assert!(max_diff(&dk, &numeric(|t| f(&q, t, &v), &k, &go)) < 2e-3);
+            assert!(max_diff(&dv, &numeric(|t| f(&q, &k, t), &v, &go)) < 2e-3);
         }
 
         let pos: Vec<f32> = (0..l * d / 2).map(|i| i as f32 * 0.37).collect();
@@ -428,7 +428,7 @@ mod tests {
         let (cos, sin) = (ang.cos().unwrap(), ang.sin().unwrap());
         let got = rope_bwd(&g, &cos, &sin.neg().unwrap()).unwrap();
         let want = numeric(|t| rope(t, &cos, &sin).unwrap(), &q, &g);
-        assert!(max_abs(&got, &want) < 2e-3);
+        assert!(max_diff(&got, &want) < 2e-3);
     }
 
     #[test]
@@ -488,6 +488,6 @@ mod tests {
             &x,
             &one,
         );
-        assert!(max_abs(&grad, &want) < 2e-3, "{}", max_abs(&grad, &want));
+        assert!(max_diff(&grad, &want) < 2e-3, "{}", max_diff(&grad, &want));
     }
 }

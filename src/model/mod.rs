@@ -226,14 +226,7 @@ mod tests {
                 .unwrap()
         };
         let (a, b) = (logits(&quant), logits(&dense));
-        let diff = (a - &b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::kernels::tests::max_diff(&a, &b);
         let scale = b
             .abs()
             .unwrap()
