@@ -2,13 +2,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{cases, fixture, ids};
-
-fn smolcap() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_smolcap"))
-}
+use common::{cases, fixture, ids, smolcap};
 
 fn greedy_reference(case: &str) -> Vec<u32> {
     let c = cases("tiny-idefics3");

@@ -3,8 +3,26 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::process::{Command, Output};
 
 use serde_json::Value;
+
+/// The `smolcap` binary built for these tests.
+pub fn smolcap() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_smolcap"))
+}
+
+/// `out` when its command succeeded; otherwise fails the test with its status and output.
+pub fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
 
 /// `tests/fixtures/...` inside the repository.
 pub fn fixture(rel: &str) -> PathBuf {
