@@ -400,6 +400,13 @@ typedef struct smolcap_load_params {
    * Limit: largest LoRA rank of adapters loaded for this model (default 4096).
    */
   uint32_t max_adapter_rank;
+  /**
+   * Weight storage, quantised as the weights are read: NULL or "" keeps them dense; a
+   * format ("q8_0", "q6_k", "q5_0", "q4_k", "q4_0", "f16", "bf16", "nf4") for every part, then
+   * optional "part=format" overrides ("q4_0,vision=q8_0"; parts: vision, connector, text,
+   * embed, lm_head; "f32" keeps a part dense). See docs/QUANTIZATION.md.
+   */
+  const char *quantize;
 } smolcap_load_params;
 
 /**

@@ -19,6 +19,7 @@ use crate::model::weights::Weights;
 use crate::model::Idefics3;
 use crate::processor::image::SourceImage;
 use crate::processor::{Prepared, Processor, PromptMode};
+use crate::quant::{QuantChoice, QuantSpec};
 use crate::tokenizer::IncrementalDecoder;
 
 /// The seed's default prompt.
@@ -38,8 +39,11 @@ pub struct LoadOptions {
     pub config_limits: ConfigLimits,
     /// Keep the decoder layers' linear weights as NF4 only, quantised tensor by tensor as they
     /// are read (the QLoRA base of bitsandbytes' `load_in_4bit`: blocks of 64, double
-    /// quantisation); no f32 copy of them is ever held.
+    /// quantisation); no f32 copy of them is ever held. Overrides `quantize.text`.
     pub nf4_decoder: bool,
+    /// Each part's weight storage (GGML formats for quantised inference), quantised tensor by
+    /// tensor as the weights are read; the default keeps every part dense.
+    pub quantize: QuantSpec,
 }
 
 impl Default for LoadOptions {
@@ -50,6 +54,7 @@ impl Default for LoadOptions {
             revision: None,
             config_limits: ConfigLimits::default(),
             nf4_decoder: false,
+            quantize: QuantSpec::default(),
         }
     }
 }
@@ -196,11 +201,14 @@ impl Model {
             opts.config_limits.max_header_bytes,
         )?;
         // The trainer's QLoRA quantisation (train::net), so a run gives the same codes either way.
-        let nf4 = opts.nf4_decoder.then_some(crate::quant::nf4::Nf4Config {
-            blocksize: 64,
-            double_quant: true,
-        });
-        let net = Idefics3::load_with(&weights, &cfg, nf4)?;
+        let mut quant = opts.quantize;
+        if opts.nf4_decoder {
+            quant.text = Some(QuantChoice::Nf4(crate::quant::Nf4Config {
+                blocksize: 64,
+                double_quant: true,
+            }));
+        }
+        let net = Idefics3::load_with(&weights, &cfg, &quant)?;
         drop(weights);
         let processor = Processor::load(dir, &cfg)?;
         let (stop_tokens, pad_token) = special_ids(dir, &processor)?;

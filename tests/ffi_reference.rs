@@ -142,6 +142,19 @@ fn rust_reference_for_the_c_abi() {
         "nll\tcat\t{:e}\t{:e}\t{}",
         nll.total, nll.mean, nll.tokens
     );
+    // The same photo on the model quantised to q8_0 at load (smolcap_load_params.quantize).
+    let q8 = LoadOptions {
+        quantize: smolcap::quant::QuantSpec::parse("q8_0").unwrap(),
+        ..LoadOptions::default()
+    };
+    let q8 = Model::load_dir(&fixture("tiny-idefics3"), &q8).unwrap();
+    let mut noop = |_: usize, _: &str| ControlFlow::Continue(());
+    let c = q8
+        .caption(&[vec![&photo]], &greedy, &cancel, &mut noop)
+        .unwrap()
+        .remove(0);
+    let toks: Vec<String> = c.token_ids.iter().map(u32::to_string).collect();
+    let _ = writeln!(out, "caption\tq8_0\t{}\t{}", toks.join(" "), hex(&c.text));
     if let Ok(path) = std::env::var("SMOLCAP_EXPECTED_OUT") {
         std::fs::write(&path, out).unwrap();
         eprintln!("wrote {path}");

@@ -172,6 +172,11 @@ struct EvalArgs {
     /// Compute dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Weight storage, quantised as the model loads: FORMAT (q8_0, q6_k, q5_0, q4_k, q4_0, f16,
+    /// bf16, nf4) for every part, then optional PART=FORMAT overrides (parts: vision, connector,
+    /// text, embed, lm_head; f32 keeps a part dense), e.g. `q4_0,vision=q8_0`.
+    #[arg(long, default_value = "")]
+    quantize: String,
     /// Device: cpu, cuda[:N] or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -444,6 +449,11 @@ struct ModelArgs {
     /// Compute dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Weight storage, quantised as the model loads: FORMAT (q8_0, q6_k, q5_0, q4_k, q4_0, f16,
+    /// bf16, nf4) for every part, then optional PART=FORMAT overrides (parts: vision, connector,
+    /// text, embed, lm_head; f32 keeps a part dense), e.g. `q4_0,vision=q8_0`.
+    #[arg(long, default_value = "")]
+    quantize: String,
     /// Device: cpu, cuda[:N] or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -692,6 +702,7 @@ fn load_model_with(a: &ModelArgs, nf4_decoder: bool) -> AnyResult<Model> {
         device: smolcap::device::parse_device(&a.device)?,
         revision: a.revision.clone(),
         config_limits: a.limits.to_limits(),
+        quantize: smolcap::quant::QuantSpec::parse(&a.quantize)?,
     };
     with_spinner("loading model", || Ok(Model::load(&a.model, &opts)?))
 }
@@ -1099,13 +1110,14 @@ fn bench(a: BenchArgs) -> AnyResult<()> {
     drop(img);
     let tm = caps.first().map(|c| c.timings).unwrap_or_default();
     let decode_ms = tm.decode_s / tm.decode_steps.max(1) as f64 * 1000.0;
-    let tc = &net.config().text;
-    let per_layer =
-        tc.hidden_size * tc.head_dim * (2 * tc.num_attention_heads + 2 * tc.num_key_value_heads)
-            + 3 * tc.hidden_size * tc.intermediate_size;
-    let text_weight_bytes = (per_layer * tc.num_hidden_layers + tc.vocab_size * tc.hidden_size)
-        as f64
-        * net.dtype().size_in_bytes() as f64;
+    // What a decode step reads: the decoder's linear weights and the head, as stored.
+    let text_weight_bytes = net
+        .text
+        .linears()
+        .iter()
+        .map(|l| l.weight.resident_bytes())
+        .sum::<usize>() as f64;
+    let weights = smolcap::quant::QuantSpec::parse(&a.model.quantize)?.describe();
     // Peak RSS before the probes' 512 MiB buffers.
     let rss = peak_rss_mb();
     // The floor takes the faster of the two probes: the stricter bound.
@@ -1114,6 +1126,8 @@ fn bench(a: BenchArgs) -> AnyResult<()> {
     let floor_ms = text_weight_bytes / (bw * 1e9) * 1000.0;
     let ours = json!({
         "impl": "smolcap",
+        "weights": weights,
+        "weight_mb": net.resident_weight_bytes() as f64 / (1 << 20) as f64,
         "load_s": load_s,
         "tiles": prep.num_tiles,
         "prompt_tokens": l,
@@ -1144,8 +1158,10 @@ fn bench(a: BenchArgs) -> AnyResult<()> {
         return Ok(());
     }
     outln!(
-        "model {} | {} tiles, {} prompt tokens, {} new tokens | {} threads",
+        "model {} | weights {} ({:.1} MiB) | {} tiles, {} prompt tokens, {} new tokens | {} threads",
         a.model.model,
+        ours["weights"].as_str().unwrap_or(""),
+        ours["weight_mb"].as_f64().unwrap_or(f64::NAN),
         prep.num_tiles,
         l,
         ours["new_tokens"],
@@ -1334,6 +1350,7 @@ fn eval(a: EvalArgs) -> AnyResult<()> {
         model: a.base_model_id.clone(),
         revision: a.revision.clone(),
         dtype: a.dtype.clone(),
+        quantize: a.quantize.clone(),
         device: a.device.clone(),
         limits: LimitArgs::default(),
     })?;

@@ -55,6 +55,11 @@ pub struct smolcap_load_params {
     pub max_image_size: u32,
     /// Limit: largest LoRA rank of adapters loaded for this model (default 4096).
     pub max_adapter_rank: u32,
+    /// Weight storage, quantised as the weights are read: NULL or "" keeps them dense; a
+    /// format ("q8_0", "q6_k", "q5_0", "q4_k", "q4_0", "f16", "bf16", "nf4") for every part, then
+    /// optional "part=format" overrides ("q4_0,vision=q8_0"; parts: vision, connector, text,
+    /// embed, lm_head; "f32" keeps a part dense). See docs/QUANTIZATION.md.
+    pub quantize: *const c_char,
 }
 
 // SAFETY: repr(C), starts with `struct_size: u32`, fields are integers and raw pointers.
@@ -76,6 +81,7 @@ unsafe impl Versioned for smolcap_load_params {
             max_positions: l.max_positions as u32,
             max_image_size: l.max_image_size as u32,
             max_adapter_rank: l.max_adapter_rank as u32,
+            quantize: std::ptr::null(),
         }
     }
 }
@@ -215,12 +221,17 @@ fn load(spec: &str, p: &smolcap_load_params) -> FfiResult<ModelShared> {
     let revision = unsafe { handles::opt_str(p.revision, "params.revision") }?;
     let device = crate::device::parse_device(device_name)
         .map_err(|e| FfiError::from(e).context("params.device"))?;
+    // SAFETY: as above.
+    let quantize = unsafe { handles::opt_str(p.quantize, "params.quantize") }?.unwrap_or("");
+    let quantize = crate::quant::QuantSpec::parse(quantize)
+        .map_err(|e| FfiError::from(e).context("params.quantize"))?;
     let opts = LoadOptions {
         dtype,
         device,
         revision: revision.map(str::to_string),
         config_limits: config_limits(p)?,
         nf4_decoder: false,
+        quantize,
     };
     let t0 = Instant::now();
     let model = Model::load(spec, &opts).map_err(|e| FfiError::from(e).context(spec))?;

@@ -9,7 +9,9 @@
 //! - [`cpu`]: the CPU f32 kernels (gemm-based linear, RoPE, gated SiLU, tanh-GELU, softmax)
 //!   and [`attention`] (read from the projections' and the KV cache's layouts; the decoder's
 //!   RoPE + cache + attention step is [`cached_attention`], both paths), built on [`gemm`]
-//!   and [`simd`] and run on [`pool`]; [`nf4`]: products with NF4 weights, tile by tile.
+//!   and [`simd`] and run on [`pool`]; [`quantized`]: products with quantised weights (NF4,
+//!   GGML formats), tile by tile, with [`quant_dot`] decoding GGML blocks in registers for
+//!   decode's few rows.
 //! - [`grad`]: forward and backward of the ops the trainer differentiates, with
 //!   [`attention_grad`] the CPU kernels of training attention.
 
@@ -19,8 +21,9 @@ pub mod cached_attention;
 pub mod cpu;
 pub(crate) mod gemm;
 pub mod grad;
-pub mod nf4;
 pub(crate) mod pool;
+pub(crate) mod quant_dot;
+pub mod quantized;
 pub(crate) mod simd;
 
 use std::sync::OnceLock;
@@ -28,7 +31,7 @@ use std::sync::OnceLock;
 use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
-use crate::quant::nf4::Nf4Tensor;
+use crate::quant::QuantTensor;
 
 /// Which implementation the ops use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,11 +107,12 @@ pub fn linear(
     Ok(y)
 }
 
-/// `x Wᵀ (+ bias) (+ residual)` for `x` `[m, k]` and an NF4 weight `W` `[n, k]`: on the CPU the
-/// tiled kernel of [`nf4`] (no whole f32 copy of `W`), elsewhere a dequantised copy on the device.
-pub fn linear_nf4(
+/// `x Wᵀ (+ bias) (+ residual)` for `x` `[m, k]` and a quantised weight `W` `[n, k]`: on the
+/// CPU the tiled kernels of [`quantized`] (no whole f32 copy of `W`), elsewhere a dequantised
+/// copy on the device.
+pub fn linear_quant(
     x: &Tensor,
-    w: &Nf4Tensor,
+    w: &QuantTensor,
     bias: Option<&Tensor>,
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
@@ -116,7 +120,8 @@ pub fn linear_nf4(
     let (m, kx) = x.dims2()?;
     if kx != k {
         return Err(Error::Internal(format!(
-            "nf4 linear: input {:?} for a [{n}, {k}] weight",
+            "{} linear: input {:?} for a [{n}, {k}] weight",
+            w.format_name(),
             x.dims()
         )));
     }
@@ -126,7 +131,7 @@ pub fn linear_nf4(
             None => vec![0f32; m * n],
         };
         if out.len() != m * n {
-            return Err(Error::Internal("nf4 linear: residual size".into()));
+            return Err(Error::Internal("quantised linear: residual size".into()));
         }
         if let Some(b) = bias {
             let b = b.flatten_all()?.to_vec1::<f32>()?;
@@ -138,7 +143,7 @@ pub fn linear_nf4(
         }
         {
             let (g, l) = x.storage_and_layout();
-            nf4::linear(cpu::f32_slice(&g, l)?, m, w, &mut out, true)?;
+            quantized::linear(cpu::f32_slice(&g, l)?, m, w, &mut out, true)?;
         }
         return Ok(Tensor::from_vec(out, (m, n), x.device())?);
     }
@@ -146,21 +151,22 @@ pub fn linear_nf4(
     linear(x, &dense, bias, residual)
 }
 
-/// `dy · W` for `dy` `[m, n]` and an NF4 weight `W` `[n, k]` (the input gradient of
-/// [`linear_nf4`]).
-pub fn linear_nf4_dx(dy: &Tensor, w: &Nf4Tensor) -> Result<Tensor> {
+/// `dy · W` for `dy` `[m, n]` and a quantised weight `W` `[n, k]` (the input gradient of
+/// [`linear_quant`]).
+pub fn linear_quant_dx(dy: &Tensor, w: &QuantTensor) -> Result<Tensor> {
     let (n, k) = w.shape();
     let (m, ny) = dy.dims2()?;
     if ny != n {
         return Err(Error::Internal(format!(
-            "nf4 input gradient: dy {:?} for a [{n}, {k}] weight",
+            "{} input gradient: dy {:?} for a [{n}, {k}] weight",
+            w.format_name(),
             dy.dims()
         )));
     }
     if fast(dy) {
         let dx = {
             let (g, l) = dy.storage_and_layout();
-            nf4::linear_dx(cpu::f32_slice(&g, l)?, m, w)?
+            quantized::linear_dx(cpu::f32_slice(&g, l)?, m, w)?
         };
         return Ok(Tensor::from_vec(dx, (m, k), dy.device())?);
     }

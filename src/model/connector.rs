@@ -6,6 +6,7 @@ use crate::error::Result;
 use crate::lora::LoraSet;
 use crate::model::linear::Linear;
 use crate::model::weights::Weights;
+use crate::quant::QuantChoice;
 
 /// `model.connector`: space-to-depth by `scale_factor`, then `modality_projection.proj`.
 pub struct Connector {
@@ -15,20 +16,21 @@ pub struct Connector {
 }
 
 impl Connector {
-    /// Loads `{prefix}.modality_projection.proj.weight`.
+    /// Loads `{prefix}.modality_projection.proj.weight` (quantised as it is read when `quant`
+    /// is given).
     pub fn load(
         w: &Weights,
         prefix: &str,
-        vision_hidden: usize,
-        text_hidden: usize,
+        (vision_hidden, text_hidden): (usize, usize),
         scale: usize,
+        quant: Option<QuantChoice>,
     ) -> Result<Self> {
         let proj = Linear::load(
             w,
             &format!("{prefix}.modality_projection.proj"),
             (vision_hidden * scale * scale, text_hidden),
             false,
-            None,
+            quant,
         )?;
         Ok(Self { scale, proj })
     }

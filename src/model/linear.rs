@@ -8,18 +8,19 @@ use crate::error::Result;
 use crate::kernels;
 use crate::lora::{self, LoraSet};
 use crate::model::weights::Weights;
-use crate::quant::nf4::{Nf4Config, Nf4Tensor};
+use crate::quant::{QuantChoice, QuantTensor};
 
 /// How a linear layer stores its frozen base weight; forward and backward run on any of them.
 #[derive(Debug, Clone)]
 pub enum Weight {
     /// A dense `[out, in]` tensor (on the CPU in f32 stored transposed for the products).
     Dense(Tensor),
-    /// NF4 codes and scales (the QLoRA base), dequantised tile by tile inside each product; the
-    /// f32 weight never exists whole. `device` is where the products run.
-    Nf4 {
-        /// The 4-bit weight `[out, in]`.
-        q: Arc<Nf4Tensor>,
+    /// Quantised (NF4 for the QLoRA base, a GGML format for quantised inference), dequantised
+    /// tile by tile inside each product; the f32 weight never exists whole. `device` is where
+    /// the products run.
+    Quantized {
+        /// The quantised weight `[out, in]`.
+        q: Arc<QuantTensor>,
         /// The compute device.
         device: Device,
         /// The compute dtype (of the inputs and outputs).
@@ -35,7 +36,7 @@ impl Weight {
                 let d = t.dims();
                 (d[0], d.get(1).copied().unwrap_or(0))
             }
-            Weight::Nf4 { q, .. } => q.shape(),
+            Weight::Quantized { q, .. } => q.shape(),
         }
     }
 
@@ -43,7 +44,7 @@ impl Weight {
     pub fn device(&self) -> &Device {
         match self {
             Weight::Dense(t) => t.device(),
-            Weight::Nf4 { device, .. } => device,
+            Weight::Quantized { device, .. } => device,
         }
     }
 
@@ -51,7 +52,7 @@ impl Weight {
     pub fn dtype(&self) -> DType {
         match self {
             Weight::Dense(t) => t.dtype(),
-            Weight::Nf4 { dtype, .. } => *dtype,
+            Weight::Quantized { dtype, .. } => *dtype,
         }
     }
 
@@ -59,18 +60,41 @@ impl Weight {
     pub fn resident_bytes(&self) -> usize {
         match self {
             Weight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
-            Weight::Nf4 { q, .. } => q.resident_bytes(),
+            Weight::Quantized { q, .. } => q.resident_bytes(),
         }
     }
 
-    /// The weight as a dense `[out, in]` tensor in the compute dtype (a dequantised copy for
-    /// NF4: for merging and for devices without a tiled kernel).
+    /// The weight as a dense `[out, in]` tensor in the compute dtype (a dequantised copy for a
+    /// quantised weight: for merging and for devices without a tiled kernel).
     pub fn to_dense(&self) -> Result<Tensor> {
         match self {
             Weight::Dense(t) => Ok(t.clone()),
-            Weight::Nf4 { q, device, dtype } => Ok(q.dequantize(device)?.to_dtype(*dtype)?),
+            Weight::Quantized { q, device, dtype } => Ok(q.dequantize(device)?.to_dtype(*dtype)?),
         }
     }
+}
+
+/// Reads the `[rows, cols]` tensor `name` and quantises it as `choice` says, returning it with
+/// the device and dtype the products run in.
+pub(crate) fn load_quantized(
+    w: &Weights,
+    name: &str,
+    (rows, cols): (usize, usize),
+    choice: QuantChoice,
+) -> Result<(QuantTensor, Device, DType)> {
+    let t = w.get(name, &[rows, cols])?;
+    let (device, dtype) = (t.device().clone(), t.dtype());
+    let f = t
+        .to_dtype(DType::F32)?
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    drop(t);
+    Ok((
+        QuantTensor::quantize(&f, rows, cols, choice)?,
+        device,
+        dtype,
+    ))
 }
 
 /// A frozen linear layer loaded from the checkpoint.
@@ -85,26 +109,24 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// Loads `{name}.weight` (and `{name}.bias` when `bias`) with the given sizes; with `nf4`,
-    /// the weight is quantised as it is read and only the NF4 codes are kept.
+    /// Loads `{name}.weight` (and `{name}.bias` when `bias`) with the given sizes; with
+    /// `quant`, the weight is quantised as it is read and only the quantised form is kept.
     pub fn load(
         w: &Weights,
         name: &str,
         (in_dim, out_dim): (usize, usize),
         bias: bool,
-        nf4: Option<Nf4Config>,
+        quant: Option<QuantChoice>,
     ) -> Result<Self> {
         let wname = format!("{name}.weight");
-        let weight = match nf4 {
+        let weight = match quant {
             None => Weight::Dense(w.get_linear_weight(&wname, out_dim, in_dim)?),
-            Some(cfg) => {
-                let t = w.get(&wname, &[out_dim, in_dim])?;
-                let f = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-                let q = Nf4Tensor::from_tensor(&f, cfg)?;
-                Weight::Nf4 {
+            Some(choice) => {
+                let (q, device, dtype) = load_quantized(w, &wname, (out_dim, in_dim), choice)?;
+                Weight::Quantized {
                     q: Arc::new(q),
-                    device: t.device().clone(),
-                    dtype: t.dtype(),
+                    device,
+                    dtype,
                 }
             }
         };
@@ -180,7 +202,7 @@ impl Linear {
             Some((w, b)) => (Some(w), b.as_ref()),
             None => match &self.weight {
                 Weight::Dense(w) => (Some(w), self.bias.as_ref()),
-                Weight::Nf4 { .. } => (None, self.bias.as_ref()),
+                Weight::Quantized { .. } => (None, self.bias.as_ref()),
             },
         }
     }
@@ -225,7 +247,9 @@ impl Linear {
         };
         let y = match (weight, &self.weight) {
             (Some(w), _) => kernels::linear(&x2, w, bias, res2.as_ref())?,
-            (None, Weight::Nf4 { q, .. }) => kernels::linear_nf4(&x2, q, bias, res2.as_ref())?,
+            (None, Weight::Quantized { q, .. }) => {
+                kernels::linear_quant(&x2, q, bias, res2.as_ref())?
+            }
             (None, Weight::Dense(w)) => kernels::linear(&x2, w, bias, res2.as_ref())?,
         };
         self.finish(&x2, y, &dims, lora)

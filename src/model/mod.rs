@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::lora::LoraSet;
-use crate::quant::nf4::Nf4Config;
+use crate::quant::QuantSpec;
 use connector::Connector;
 use text::TextModel;
 use vision::VisionModel;
@@ -33,12 +33,12 @@ pub struct Idefics3 {
 impl Idefics3 {
     /// Builds the network from checkpoint tensors named as in the HF hub layout.
     pub fn load(w: &Weights, cfg: &ModelConfig) -> Result<Self> {
-        Self::load_with(w, cfg, None)
+        Self::load_with(w, cfg, &QuantSpec::default())
     }
 
-    /// [`Idefics3::load`], with the decoder layers' linear weights quantised to NF4 as they are
-    /// read when `text_nf4` is given (the QLoRA base: no f32 copy of them is ever kept).
-    pub fn load_with(w: &Weights, cfg: &ModelConfig, text_nf4: Option<Nf4Config>) -> Result<Self> {
+    /// [`Idefics3::load`], with each part's weights quantised as they are read where `quant`
+    /// says (no f32 copy of a quantised weight is ever kept).
+    pub fn load_with(w: &Weights, cfg: &ModelConfig, quant: &QuantSpec) -> Result<Self> {
         crate::kernels::check_env()?;
         // Some exports store the decoder without the `model.` prefix (older Idefics3 naming).
         let (vp, cp, tp) = if w.contains("model.text_model.embed_tokens.weight") {
@@ -51,15 +51,15 @@ impl Idefics3 {
                 "missing tensor model.text_model.embed_tokens.weight (not an Idefics3 checkpoint?)",
             ));
         };
-        let vision = VisionModel::load(w, vp, &cfg.vision)?;
+        let vision = VisionModel::load(w, vp, &cfg.vision, quant.vision)?;
         let connector = Connector::load(
             w,
             cp,
-            cfg.vision.hidden_size,
-            cfg.text.hidden_size,
+            (cfg.vision.hidden_size, cfg.text.hidden_size),
             cfg.scale_factor,
+            quant.connector,
         )?;
-        let text = TextModel::load(w, tp, &cfg.text, cfg.tie_word_embeddings, text_nf4)?;
+        let text = TextModel::load(w, tp, &cfg.text, cfg.tie_word_embeddings, quant)?;
         Ok(Self {
             cfg: cfg.clone(),
             vision,
@@ -86,13 +86,25 @@ impl Idefics3 {
                 n += bytes(t);
             }
         }
+        let mut seen_quant = std::collections::HashSet::new();
+        let mut quant = |q: &std::sync::Arc<crate::quant::QuantTensor>| {
+            if seen_quant.insert(std::sync::Arc::as_ptr(q)) {
+                q.resident_bytes()
+            } else {
+                0
+            }
+        };
+        if let text::Embedding::Quantized { q, .. } = &self.text.embed {
+            n += quant(q);
+        }
         for l in self.linears() {
-            let dense = match &l.weight {
-                linear::Weight::Dense(t) => Some(t),
-                linear::Weight::Nf4 { .. } => None,
-            };
-            if dense.is_none_or(|t| seen.insert(t.id())) {
-                n += l.weight.resident_bytes();
+            match &l.weight {
+                linear::Weight::Dense(t) => {
+                    if seen.insert(t.id()) {
+                        n += l.weight.resident_bytes();
+                    }
+                }
+                linear::Weight::Quantized { q, .. } => n += quant(q),
             }
             if let Some(b) = &l.bias {
                 n += bytes(b);
@@ -179,62 +191,145 @@ mod tests {
     use crate::config::ConfigLimits;
     use crate::model::linear::Weight;
     use crate::model::text::{KvCache, Logits};
+    use crate::quant::Nf4Config;
     use std::path::Path;
 
-    #[test]
-    fn an_nf4_decoder_gives_the_logits_of_its_dequantised_weights() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-idefics3");
-        let cfg =
-            ModelConfig::from_file(&dir.join("config.json"), &ConfigLimits::default()).unwrap();
-        let w = Weights::open(&dir, DType::F32, &Device::Cpu).unwrap();
-        let nf4 = Nf4Config {
-            blocksize: 64,
-            double_quant: true,
-        };
-        let quant = Idefics3::load_with(&w, &cfg, Some(nf4)).unwrap();
-        let mut dense = Idefics3::load_with(&w, &cfg, Some(nf4)).unwrap();
+    /// Replaces every quantised weight of `m` (linears and embedding) by its dequantised dense
+    /// copy, returning how many were replaced.
+    fn dequantise_in_place(m: &mut Idefics3) -> usize {
         let mut n = 0;
-        for layer in &mut dense.text.layers {
-            let a = &mut layer.attn;
-            let m = &mut layer.mlp;
+        let mut fix = |l: &mut linear::Linear| {
+            if matches!(l.weight, Weight::Quantized { .. }) {
+                let d = l.weight.to_dense().unwrap();
+                l.weight = Weight::Dense(crate::kernels::cpu::store_transposed(d).unwrap());
+                n += 1;
+            }
+        };
+        for layer in &mut m.vision.layers {
+            let (a, f) = (&mut layer.attn, &mut layer.mlp);
+            for l in [
+                &mut a.q, &mut a.k, &mut a.v, &mut a.out, &mut f.fc1, &mut f.fc2,
+            ] {
+                fix(l);
+            }
+        }
+        fix(&mut m.connector.proj);
+        for layer in &mut m.text.layers {
+            let (a, f) = (&mut layer.attn, &mut layer.mlp);
             for l in [
                 &mut a.q,
                 &mut a.k,
                 &mut a.v,
                 &mut a.o,
-                &mut m.gate,
-                &mut m.up,
-                &mut m.down,
+                &mut f.gate,
+                &mut f.up,
+                &mut f.down,
             ] {
-                let d = l.weight.to_dense().unwrap();
-                assert!(matches!(l.weight, Weight::Nf4 { .. }));
-                l.weight = Weight::Dense(crate::kernels::cpu::store_transposed(d).unwrap());
-                n += 1;
+                fix(l);
             }
         }
-        assert_eq!(n, 7 * cfg.text.num_hidden_layers);
-        assert!(quant.resident_weight_bytes() < dense.resident_weight_bytes());
+        fix(&mut m.text.lm_head);
+        if matches!(m.text.embed, text::Embedding::Quantized { .. }) {
+            m.text.embed = text::Embedding::Dense(m.text.embed.dense().unwrap());
+            n += 1;
+        }
+        n
+    }
+
+    /// Image features and all-position logits of a text-and-image forward pass.
+    fn features_and_logits(m: &Idefics3, cfg: &ModelConfig, lora: &LoraSet) -> (Tensor, Tensor) {
+        let s = cfg.vision.image_size;
+        let px: Vec<f32> = (0..2 * 3 * s * s)
+            .map(|i| ((i * 7919 % 255) as f32 / 127.5) - 1.0)
+            .collect();
+        let px = Tensor::from_vec(px, (2, 3, s, s), &Device::Cpu).unwrap();
+        let feats = m.image_features(&px, lora).unwrap();
         let ids: Vec<u32> = (0..40).map(|i| (i * 37 % 590) as u32).collect();
         let ids = Tensor::from_vec(ids, (2, 20), &Device::Cpu).unwrap();
         let pos: Vec<u32> = (0..2).flat_map(|_| 0..20u32).collect();
         let pos = Tensor::from_vec(pos, (2, 20), &Device::Cpu).unwrap();
-        let logits = |m: &Idefics3| {
-            let mut cache = KvCache::new(&cfg.text, 2, 32, DType::F32, &Device::Cpu).unwrap();
-            let e = m.text.embed(&ids).unwrap();
-            m.text
-                .forward(&e, &pos, None, &mut cache, Logits::All, &LoraSet::empty())
-                .unwrap()
-        };
-        let (a, b) = (logits(&quant), logits(&dense));
-        let diff = crate::kernels::tests::max_diff(&a, &b);
-        let scale = b
-            .abs()
+        let mut cache = KvCache::new(&cfg.text, 2, 32, DType::F32, &Device::Cpu).unwrap();
+        let e = m.text.embed(&ids).unwrap();
+        let logits = m
+            .text
+            .forward(&e, &pos, None, &mut cache, Logits::All, lora)
+            .unwrap();
+        (feats, logits)
+    }
+
+    fn largest(t: &Tensor) -> f32 {
+        t.abs()
             .unwrap()
             .max_all()
             .unwrap()
             .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Each quantised storage gives the features and logits of its own dequantised weights
+    /// (the kernels are exact up to summation order), and holds fewer bytes.
+    #[test]
+    fn a_quantised_model_gives_the_outputs_of_its_dequantised_weights() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-idefics3");
+        let cfg =
+            ModelConfig::from_file(&dir.join("config.json"), &ConfigLimits::default()).unwrap();
+        let w = Weights::open(&dir, DType::F32, &Device::Cpu).unwrap();
+        let dense_bytes = Idefics3::load(&w, &cfg).unwrap().resident_weight_bytes();
+        let nf4 = QuantSpec::nf4_decoder(Nf4Config {
+            blocksize: 64,
+            double_quant: true,
+        });
+        let mut specs = vec![(
+            "nf4 decoder".to_string(),
+            nf4,
+            7 * cfg.text.num_hidden_layers,
+        )];
+        let all = 6 * cfg.vision.num_hidden_layers + 1 + 7 * cfg.text.num_hidden_layers + 2;
+        for f in ["q8_0", "q6_k", "q5_0", "q4_k", "q4_0", "f16", "bf16"] {
+            specs.push((f.to_string(), QuantSpec::parse(f).unwrap(), all));
+        }
+        for (name, spec, count) in specs {
+            let quant = Idefics3::load_with(&w, &cfg, &spec).unwrap();
+            let mut dense = Idefics3::load_with(&w, &cfg, &spec).unwrap();
+            assert_eq!(dequantise_in_place(&mut dense), count, "{name}");
+            assert!(quant.resident_weight_bytes() < dense_bytes, "{name}");
+            // Without and with a LoRA adapter applied unmerged on top (loaded against the
+            // quantised model: its shapes are the checkpoint's).
+            let adapter = crate::lora::peft::Adapter::load(
+                &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/adapters/text_r4_a8"),
+                &quant,
+            )
             .unwrap();
-        assert!(scale > 0.1, "logits too flat to compare: {scale}");
-        assert!(diff <= 1e-4, "NF4 vs dequantised logits differ by {diff}");
+            let mut with = LoraSet::empty();
+            adapter.add_to(&mut with, 1.0, DType::F32).unwrap();
+            let mut plain: Option<Tensor> = None;
+            for lora in [LoraSet::empty(), with] {
+                let (fq, lq) = features_and_logits(&quant, &cfg, &lora);
+                let (fd, ld) = features_and_logits(&dense, &cfg, &lora);
+                if let Some(p) = &plain {
+                    let moved = crate::kernels::tests::max_diff(p, &ld);
+                    assert!(
+                        moved > 1e-2,
+                        "{name}: the adapter moves the logits by {moved}"
+                    );
+                }
+                plain = Some(ld.clone());
+                assert!(
+                    largest(&ld) > 0.1 && largest(&fd) > 0.1,
+                    "{name}: outputs too flat"
+                );
+                let df = crate::kernels::tests::max_diff(&fq, &fd);
+                let dl = crate::kernels::tests::max_diff(&lq, &ld);
+                let what = if lora.is_empty() {
+                    ""
+                } else {
+                    " with an adapter"
+                };
+                assert!(
+                    df <= 1e-4 && dl <= 1e-4,
+                    "{name}{what}: features differ by {df}, logits by {dl}"
+                );
+            }
+        }
     }
 }

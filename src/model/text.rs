@@ -7,10 +7,13 @@ use crate::error::{Error, Result};
 use crate::kernels;
 use crate::kernels::cached_attention::{attend, CacheSlot, Heads, PassInputs};
 use crate::lora::LoraSet;
+use crate::model::linear::{load_quantized, Weight};
 use crate::model::linear::{Linear, RmsNorm};
 use crate::model::vision::activate;
 use crate::model::weights::Weights;
-use crate::quant::nf4::Nf4Config;
+use crate::quant::{QuantSpec, QuantTensor};
+
+use std::sync::Arc;
 
 pub(crate) struct Attention {
     pub(crate) q: Linear,
@@ -131,10 +134,56 @@ impl Rope {
     }
 }
 
+/// The token embedding table `[vocab, hidden]`: dense, or quantised with the looked-up rows
+/// dequantised (llama.cpp's `get_rows`).
+#[derive(Debug, Clone)]
+pub enum Embedding {
+    /// In the compute dtype on the compute device.
+    Dense(Tensor),
+    /// Quantised on the host (shared with a tied output head), rows made on `device`.
+    Quantized {
+        /// The table.
+        q: Arc<QuantTensor>,
+        /// Where the rows go.
+        device: Device,
+        /// Their dtype.
+        dtype: DType,
+    },
+}
+
+impl Embedding {
+    /// The rows of `ids` (checked against the vocabulary by the caller): `[ids.len(), hidden]`.
+    fn rows(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            Embedding::Dense(t) => Ok(t.index_select(ids, 0)?),
+            Embedding::Quantized { q, device, dtype } => {
+                let h = q.shape().1;
+                let ids = ids.to_vec1::<u32>()?;
+                let mut out = vec![0f32; ids.len() * h];
+                for (&id, o) in ids.iter().zip(out.chunks_exact_mut(h.max(1))) {
+                    let r = id as usize;
+                    q.dequantize_rows_into(r, r + 1, o)?;
+                }
+                Ok(Tensor::from_vec(out, (ids.len(), h), device)?.to_dtype(*dtype)?)
+            }
+        }
+    }
+
+    /// The whole table in the compute dtype (a dequantised copy when quantised).
+    pub fn dense(&self) -> Result<Tensor> {
+        match self {
+            Embedding::Dense(t) => Ok(t.clone()),
+            Embedding::Quantized { q, device, dtype } => {
+                Ok(q.dequantize(device)?.to_dtype(*dtype)?)
+            }
+        }
+    }
+}
+
 /// The Llama decoder with its output head.
 pub struct TextModel {
     cfg: TextConfig,
-    pub(crate) embed: Tensor,
+    pub(crate) embed: Embedding,
     pub(crate) layers: Vec<Layer>,
     pub(crate) norm: RmsNorm,
     pub(crate) lm_head: Linear,
@@ -142,27 +191,46 @@ pub struct TextModel {
 }
 
 impl TextModel {
-    /// Loads `{prefix}.*` and `lm_head` (or ties it to the embedding); with `nf4`, the decoder
-    /// layers' linear weights are kept as NF4 only (the QLoRA base; the head stays dense).
+    /// Loads `{prefix}.*` and `lm_head` (or ties it to the embedding), each part quantised as
+    /// it is read where `quant` says (a tied head and embedding are one table, stored as
+    /// `quant.lm_head` says, or `quant.embed` when that is dense).
     pub fn load(
         w: &Weights,
         prefix: &str,
         cfg: &TextConfig,
         tied: bool,
-        nf4: Option<Nf4Config>,
+        quant: &QuantSpec,
     ) -> Result<Self> {
         let h = cfg.hidden_size;
         let qd = cfg.num_attention_heads * cfg.head_dim;
         let kvd = cfg.num_key_value_heads * cfg.head_dim;
         let embed_name = format!("{prefix}.embed_tokens.weight");
-        let embed = w.get(&embed_name, &[cfg.vocab_size, h])?;
+        // A checkpoint without `lm_head.weight` is tied (some exports drop the duplicate).
+        let tied = tied || !w.contains("lm_head.weight");
+        let embed_choice = if tied {
+            quant.lm_head.or(quant.embed)
+        } else {
+            quant.embed
+        };
+        let embed = match embed_choice {
+            None => Embedding::Dense(w.get(&embed_name, &[cfg.vocab_size, h])?),
+            Some(c) => {
+                let (q, device, dtype) = load_quantized(w, &embed_name, (cfg.vocab_size, h), c)?;
+                Embedding::Quantized {
+                    q: Arc::new(q),
+                    device,
+                    dtype,
+                }
+            }
+        };
+        let choice = quant.text;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let lp = format!("{prefix}.layers.{i}");
             let ab = cfg.attention_bias;
             let mb = cfg.mlp_bias;
             let lin = |n: &str, i_dim, o_dim, b| {
-                Linear::load(w, &format!("{lp}.{n}"), (i_dim, o_dim), b, nf4)
+                Linear::load(w, &format!("{lp}.{n}"), (i_dim, o_dim), b, choice)
             };
             layers.push(Layer {
                 input_ln: RmsNorm::load(w, &format!("{lp}.input_layernorm"), h, cfg.rms_norm_eps)?,
@@ -186,11 +254,18 @@ impl TextModel {
             });
         }
         let norm = RmsNorm::load(w, &format!("{prefix}.norm"), h, cfg.rms_norm_eps)?;
-        // A checkpoint without `lm_head.weight` is tied (some exports drop the duplicate).
-        let lm_head = if tied || !w.contains("lm_head.weight") {
-            Linear::dense(embed.clone(), "lm_head")
-        } else {
-            Linear::load(w, "lm_head", (h, cfg.vocab_size), false, None)?
+        let lm_head = match (&embed, tied) {
+            (Embedding::Dense(t), true) => Linear::dense(t.clone(), "lm_head"),
+            (Embedding::Quantized { q, device, dtype }, true) => Linear {
+                weight: Weight::Quantized {
+                    q: q.clone(),
+                    device: device.clone(),
+                    dtype: *dtype,
+                },
+                bias: None,
+                name: "lm_head".into(),
+            },
+            (_, false) => Linear::load(w, "lm_head", (h, cfg.vocab_size), false, quant.lm_head)?,
         };
         Ok(Self {
             cfg: cfg.clone(),
@@ -202,9 +277,12 @@ impl TextModel {
         })
     }
 
-    /// The decoder's tensors other than its linear layers (embedding, norms).
+    /// The decoder's tensors other than its linear layers (a dense embedding, norms).
     pub(crate) fn tensors(&self) -> Vec<&Tensor> {
-        let mut v = vec![&self.embed, &self.norm.weight];
+        let mut v = vec![&self.norm.weight];
+        if let Embedding::Dense(t) = &self.embed {
+            v.push(t);
+        }
         for l in &self.layers {
             v.extend([&l.input_ln.weight, &l.post_ln.weight]);
         }
@@ -241,7 +319,7 @@ impl TextModel {
                 "token id {bad} is outside the vocabulary of {vocab}"
             )));
         }
-        let e = self.embed.index_select(&ids.flatten_all()?, 0)?;
+        let e = self.embed.rows(&ids.flatten_all()?)?;
         Ok(e.reshape((b, l, self.cfg.hidden_size))?)
     }
 

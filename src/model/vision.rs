@@ -8,6 +8,7 @@ use crate::kernels;
 use crate::lora::LoraSet;
 use crate::model::linear::{LayerNorm, Linear};
 use crate::model::weights::Weights;
+use crate::quant::QuantChoice;
 
 /// Applies an activation function.
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
@@ -52,8 +53,14 @@ pub struct VisionModel {
 }
 
 impl VisionModel {
-    /// Loads the tower from `prefix` (e.g. `model.vision_model`).
-    pub fn load(w: &Weights, prefix: &str, cfg: &VisionConfig) -> Result<Self> {
+    /// Loads the tower from `prefix` (e.g. `model.vision_model`), the encoder layers' linear
+    /// weights quantised as they are read when `quant` is given.
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        cfg: &VisionConfig,
+        quant: Option<QuantChoice>,
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
         let p = cfg.patch_size;
         let c = cfg.num_channels;
@@ -73,7 +80,7 @@ impl VisionModel {
         for i in 0..cfg.num_hidden_layers {
             let lp = format!("{prefix}.encoder.layers.{i}");
             let lin = |name: &str, i_dim, o_dim| {
-                Linear::load(w, &format!("{lp}.{name}"), (i_dim, o_dim), true, None)
+                Linear::load(w, &format!("{lp}.{name}"), (i_dim, o_dim), true, quant)
             };
             layers.push(Layer {
                 ln1: LayerNorm::load(w, &format!("{lp}.layer_norm1"), h, cfg.layer_norm_eps)?,

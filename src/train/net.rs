@@ -12,6 +12,7 @@ use crate::kernels::grad::{self, AttnCache};
 use crate::model::linear::{Linear, Weight};
 use crate::model::Idefics3;
 use crate::quant::nf4::{Nf4Config, Nf4Tensor};
+use crate::quant::QuantTensor;
 
 /// Trainable tensors (f32) with their names, in a fixed order.
 #[derive(Debug, Clone, Default)]
@@ -55,12 +56,13 @@ impl Grads {
     }
 }
 
-/// A frozen base weight `[out, in]`, stored dense (f32) or 4-bit NF4.
+/// A frozen base weight `[out, in]`, stored dense (f32) or quantised (NF4, or a GGML format of a
+/// model loaded quantised).
 pub(crate) enum Frozen {
     Dense(Tensor),
-    /// NF4 codes (shared with the model when it was loaded as a QLoRA base), used through the
-    /// tiled kernels: the f32 weight never exists whole.
-    Nf4(Arc<Nf4Tensor>),
+    /// Quantised (shared with the model when it was loaded quantised), used through the tiled
+    /// kernels: the f32 weight never exists whole.
+    Quant(Arc<QuantTensor>),
 }
 
 impl Frozen {
@@ -68,8 +70,8 @@ impl Frozen {
     /// counts there, not here).
     pub(crate) fn extra_bytes(&self, model: &Linear) -> usize {
         match (self, &model.weight) {
-            (Frozen::Nf4(q), Weight::Nf4 { q: mq, .. }) if Arc::ptr_eq(q, mq) => 0,
-            (Frozen::Nf4(q), _) => q.resident_bytes(),
+            (Frozen::Quant(q), Weight::Quantized { q: mq, .. }) if Arc::ptr_eq(q, mq) => 0,
+            (Frozen::Quant(q), _) => q.resident_bytes(),
             (Frozen::Dense(t), Weight::Dense(m)) => copy_bytes(t, m),
             (Frozen::Dense(t), _) => t.elem_count() * t.dtype().size_in_bytes(),
         }
@@ -79,7 +81,7 @@ impl Frozen {
     fn product(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Frozen::Dense(w) => crate::kernels::linear(x, w, None, None),
-            Frozen::Nf4(q) => crate::kernels::linear_nf4(x, q, None, None),
+            Frozen::Quant(q) => crate::kernels::linear_quant(x, q, None, None),
         }
     }
 
@@ -87,7 +89,7 @@ impl Frozen {
     fn input_grad(&self, dy: &Tensor) -> Result<Tensor> {
         match self {
             Frozen::Dense(w) => Ok(dy.matmul(w)?),
-            Frozen::Nf4(q) => crate::kernels::linear_nf4_dx(dy, q),
+            Frozen::Quant(q) => crate::kernels::linear_quant_dx(dy, q),
         }
     }
 }
@@ -165,15 +167,18 @@ pub(crate) struct Ctx<'a> {
 impl TLinear {
     pub(crate) fn from_linear(l: &Linear, quantize: Option<usize>) -> Result<Self> {
         let w = match (&l.weight, quantize) {
-            // A model loaded as a QLoRA base already holds NF4 codes: shared, not copied.
-            (Weight::Nf4 { q, .. }, _) => Frozen::Nf4(q.clone()),
-            (Weight::Dense(t), Some(blocksize)) => Frozen::Nf4(Arc::new(Nf4Tensor::from_tensor(
-                &t.to_dtype(DType::F32)?,
-                Nf4Config {
-                    blocksize,
-                    double_quant: true,
-                },
-            )?)),
+            // A model loaded quantised (e.g. as a QLoRA base) already holds the codes: shared,
+            // not copied.
+            (Weight::Quantized { q, .. }, _) => Frozen::Quant(q.clone()),
+            (Weight::Dense(t), Some(blocksize)) => {
+                Frozen::Quant(Arc::new(QuantTensor::Nf4(Nf4Tensor::from_tensor(
+                    &t.to_dtype(DType::F32)?,
+                    Nf4Config {
+                        blocksize,
+                        double_quant: true,
+                    },
+                )?)))
+            }
             (Weight::Dense(t), None) => Frozen::Dense(t.to_dtype(DType::F32)?),
         };
         Ok(Self {
@@ -259,7 +264,7 @@ impl TLinear {
     fn in_out(&self) -> Result<(usize, usize)> {
         let (o, i) = match &self.w {
             Frozen::Dense(t) => t.dims2()?,
-            Frozen::Nf4(q) => q.shape(),
+            Frozen::Quant(q) => q.shape(),
         };
         Ok((i, o))
     }
@@ -453,7 +458,7 @@ impl Net {
         }
         let text = TextNet {
             layers,
-            embed: f32t(&tm.embed)?,
+            embed: f32t(&tm.embed.dense()?)?,
             norm: f32t(&tm.norm.weight)?,
             eps: tm.norm.eps as f64,
             lm_head: f32t(&tm.lm_head.weight.to_dense()?)?,

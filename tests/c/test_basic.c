@@ -304,6 +304,31 @@ static void test_callback_stream_score(smolcap_session *s, const unsigned char *
           (unsigned long)nll.tokens, e->nll_total, e->nll_mean, e->nll_tokens);
 }
 
+/* Quantised at load: the Rust path's tokens; a bad format names itself. */
+static void test_quantize(const char *model_dir, const unsigned char *png, size_t png_len,
+                          const expected_set *e) {
+    smolcap_model *m = NULL;
+    smolcap_session *s = NULL;
+    smolcap_captions *c = NULL;
+    smolcap_load_params lp;
+    smolcap_image im = encoded(png, png_len);
+    smolcap_generate_params p = greedy12();
+    CHECK_OK(smolcap_load_params_init(&lp, sizeof lp));
+    CHECK(lp.quantize == NULL, "default quantize");
+    lp.quantize = "q4_0,head=q8_0";
+    CHECK_STATUS(smolcap_model_load(model_dir, &lp, &m), SMOLCAP_STATUS_INVALID_ARGUMENT);
+    CHECK_MSG("not a model part");
+    lp.quantize = "q8_0";
+    CHECK_OK(smolcap_model_load(model_dir, &lp, &m));
+    if (m == NULL) return;
+    CHECK_OK(smolcap_session_new(m, &s));
+    CHECK_OK(smolcap_caption(s, &im, 1, &p, NULL, NULL, &c));
+    CHECK(c && same_caption(c, 0, find_expected(e, "q8_0")), "q8_0 caption differs");
+    smolcap_captions_free(c);
+    smolcap_session_free(s);
+    smolcap_model_free(m);
+}
+
 static void test_panic(const smolcap_model *m, const unsigned char *png, size_t png_len) {
     smolcap_session *s = NULL;
     smolcap_captions *c = NULL;
@@ -355,6 +380,7 @@ int main(int argc, char **argv) {
     if (!quick) test_strategies(s, png, png_len, e);
     test_raw(s, e);
     test_callback_stream_score(s, jpg, jpg_len, png, png_len, e);
+    test_quantize(argv[1], png, png_len, e);
     test_panic(m, png, png_len);
 
     smolcap_session_free(s);

@@ -353,16 +353,13 @@ impl Model {
         max_image_pixels: u64,
         max_image_bytes: u64,
     ) -> PyResult<Self> {
-        if let Some(q) = quantize {
-            return Err(UnsupportedError::new_err(format!(
-                "quantize={q:?}: captioning runs in the compute dtype (f32, bf16 or f16); \
-                 NF4 (QLoRA) is available for training with Trainer(qlora=True)"
-            )));
-        }
+        let quantize = smolcap::quant::QuantSpec::parse(quantize.as_deref().unwrap_or(""))
+            .map_err(to_pyerr)?;
         let opts = LoadOptions {
             dtype: Some(smolcap::device::parse_dtype(dtype).map_err(to_pyerr)?),
             device: smolcap::device::parse_device(device).map_err(to_pyerr)?,
             revision,
+            quantize,
             ..Default::default()
         };
         let spec = path.to_string_lossy().into_owned();

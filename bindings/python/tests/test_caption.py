@@ -147,3 +147,12 @@ def test_score_caption(model):
 def test_caption_object():
     assert smolcap.Caption.__doc__
     assert smolcap.Model.caption.__doc__ and "Captions" in smolcap.Model.caption.__doc__
+
+
+def test_quantized_models_equal_the_cli():
+    p = IMAGES / "photo_640x480.png"
+    for spec in ["q8_0", "q4_0,vision=q8_0"]:
+        m = smolcap.Model.load(FIXTURES / "tiny-idefics3", quantize=spec)
+        c = m.caption(p, max_new_tokens=12, adapters=[str(ADAPTER)])
+        cli = cli_caption([p], "--max-new-tokens", 12, "--quantize", spec, "--adapter", str(ADAPTER))[0]
+        assert c.token_ids == cli["token_ids"], spec

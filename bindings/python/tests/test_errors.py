@@ -78,7 +78,9 @@ def test_bad_models(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(smolcap.FormatError, match="config.json"):
         smolcap.Model.load(tmp_path)
-    with pytest.raises(smolcap.UnsupportedError, match="quantize"):
-        smolcap.Model.load(TINY, quantize="nf4")
+    with pytest.raises(smolcap.InvalidArgumentError, match="not a weight format"):
+        smolcap.Model.load(TINY, quantize="q9")
+    with pytest.raises(smolcap.InvalidArgumentError, match="not a model part"):
+        smolcap.Model.load(TINY, quantize="q4_0,head=q8_0")
     with pytest.raises(smolcap.InvalidArgumentError):
         smolcap.Model.load(TINY, dtype="f8")

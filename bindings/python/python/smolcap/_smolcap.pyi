@@ -104,8 +104,8 @@ class Model:
         """Loads a model directory (HF layout) or a hub repo id.
 
         device: "cpu", "cuda[:N]" or "metal" (when built with that feature); dtype: "f32",
-        "bf16" or "f16". ``quantize`` must be None (NF4 exists for training only:
-        ``Trainer(qlora=True)``); anything else raises UnsupportedError.
+        "bf16" or "f16". ``quantize``: weight storage quantised at load, e.g. "q8_0", "q4_0",
+        "q4_k" or "q4_0,vision=q8_0" (docs/QUANTIZATION.md); None keeps the weights dense.
         """
     @property
     def path(self) -> str: ...

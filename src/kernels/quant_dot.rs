@@ -1,0 +1,494 @@
+//! Dot products of a few f32 rows with weight rows stored in GGML blocks, each block decoded to
+//! f32 in registers and used at once (the decode step's products: memory traffic is the
+//! quantised bytes, and no dequantised tile is written and read back).
+//!
+//! Each block decodes to exactly the values candle's `to_float` gives (the same f32 operations
+//! in the same order), so a product differs from one with the dequantised weight only by
+//! summation order. The bodies are plain loops compiled once per instruction set (AVX2+FMA on
+//! x86-64 when present; NEON is the aarch64 baseline), vectorised by the compiler.
+
+use half::{bf16, f16};
+
+use crate::error::{Error, Result};
+use crate::quant::GgmlKind;
+
+/// A block format: `LEN` values stored in `BYTES` bytes.
+trait Block: 'static {
+    const LEN: usize;
+    const BYTES: usize;
+    /// Decodes one block (`BYTES` bytes) into `out` (`LEN` values).
+    fn decode(b: &[u8], out: &mut [f32]);
+}
+
+/// The f16 at byte `i` (the const conversion: no run-time feature check per block).
+#[inline(always)]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32_const()
+}
+
+struct Q8_0;
+impl Block for Q8_0 {
+    const LEN: usize = 32;
+    const BYTES: usize = 34;
+    #[inline(always)]
+    fn decode(b: &[u8], out: &mut [f32]) {
+        let d = f16_at(b, 0);
+        for (o, &q) in out[..32].iter_mut().zip(&b[2..34]) {
+            *o = f32::from(q as i8) * d;
+        }
+    }
+}
+
+struct Q4_0;
+impl Block for Q4_0 {
+    const LEN: usize = 32;
+    const BYTES: usize = 18;
+    #[inline(always)]
+    fn decode(b: &[u8], out: &mut [f32]) {
+        let d = f16_at(b, 0);
+        let (lo, hi) = out[..32].split_at_mut(16);
+        for ((l, h), &q) in lo.iter_mut().zip(hi).zip(&b[2..18]) {
+            *l = f32::from(i16::from(q & 0x0f) - 8) * d;
+            *h = f32::from(i16::from(q >> 4) - 8) * d;
+        }
+    }
+}
+
+struct Q5_0;
+impl Block for Q5_0 {
+    const LEN: usize = 32;
+    const BYTES: usize = 22;
+    #[inline(always)]
+    fn decode(b: &[u8], out: &mut [f32]) {
+        let d = f16_at(b, 0);
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        let (lo, hi) = out[..32].split_at_mut(16);
+        for (j, ((l, h), &q)) in lo.iter_mut().zip(hi).zip(&b[6..22]).enumerate() {
+            let xh0 = (((qh >> j) << 4) & 0x10) as u8;
+            let xh1 = ((qh >> (j + 12)) & 0x10) as u8;
+            *l = (i32::from((q & 0x0f) | xh0) - 16) as f32 * d;
+            *h = (i32::from((q >> 4) | xh1) - 16) as f32 * d;
+        }
+    }
+}
+
+struct Q4K;
+impl Block for Q4K {
+    const LEN: usize = 256;
+    const BYTES: usize = 144;
+    #[inline(always)]
+    fn decode(b: &[u8], out: &mut [f32]) {
+        let (d, min) = (f16_at(b, 0), f16_at(b, 2));
+        let scales = &b[4..16];
+        let qs = &b[16..144];
+        // ggml's get_scale_min_k4: 6-bit scales and minimums packed in 12 bytes.
+        let scale_min = |j: usize| -> (u8, u8) {
+            if j < 4 {
+                (scales[j] & 63, scales[j + 4] & 63)
+            } else {
+                (
+                    (scales[j + 4] & 0x0f) | ((scales[j - 4] >> 6) << 4),
+                    (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4),
+                )
+            }
+        };
+        for (c, (o, q)) in out[..256]
+            .chunks_exact_mut(64)
+            .zip(qs.chunks_exact(32))
+            .enumerate()
+        {
+            let (s1, m1) = scale_min(2 * c);
+            let (s2, m2) = scale_min(2 * c + 1);
+            let (d1, m1) = (d * f32::from(s1), min * f32::from(m1));
+            let (d2, m2) = (d * f32::from(s2), min * f32::from(m2));
+            let (lo, hi) = o.split_at_mut(32);
+            for ((l, h), &q) in lo.iter_mut().zip(hi).zip(q) {
+                *l = d1 * f32::from(q & 0x0f) - m1;
+                *h = d2 * f32::from(q >> 4) - m2;
+            }
+        }
+    }
+}
+
+struct Q6K;
+impl Block for Q6K {
+    const LEN: usize = 256;
+    const BYTES: usize = 210;
+    #[inline(always)]
+    fn decode(b: &[u8], out: &mut [f32]) {
+        let d = f16_at(b, 208);
+        for half in 0..2 {
+            let ql = &b[64 * half..64 * half + 64];
+            let qh = &b[128 + 32 * half..128 + 32 * half + 32];
+            let sc = &b[192 + 8 * half..192 + 8 * half + 8];
+            let y = &mut out[128 * half..128 * half + 128];
+            for l in 0..32 {
+                let is = l / 16;
+                let q1 = ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i8 - 32;
+                let q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+                let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+                let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+                let s = |i: usize| f32::from(sc[i] as i8);
+                y[l] = d * s(is) * f32::from(q1);
+                y[l + 32] = d * s(is + 2) * f32::from(q2);
+                y[l + 64] = d * s(is + 4) * f32::from(q3);
+                y[l + 96] = d * s(is + 6) * f32::from(q4);
+            }
+        }
+    }
+}
+
+/// 32 half-precision values as one block.
+struct F16x32;
+impl Block for F16x32 {
+    const LEN: usize = 32;
+    const BYTES: usize = 64;
+    #[inline(always)]
+    fn decode(b: &[u8], out: &mut [f32]) {
+        for (o, h) in out[..32].iter_mut().zip(b.chunks_exact(2)) {
+            *o = f16::from_bits(u16::from_le_bytes([h[0], h[1]])).to_f32();
+        }
+    }
+}
+
+/// 32 bfloat16 values as one block.
+struct Bf16x32;
+impl Block for Bf16x32 {
+    const LEN: usize = 32;
+    const BYTES: usize = 64;
+    #[inline(always)]
+    fn decode(b: &[u8], out: &mut [f32]) {
+        for (o, h) in out[..32].iter_mut().zip(b.chunks_exact(2)) {
+            *o = bf16::from_bits(u16::from_le_bytes([h[0], h[1]])).to_f32();
+        }
+    }
+}
+
+/// `dots[i·rows + r] = x_i · w_r` for the `M` rows of `x` (`[M, k]`) and the `rows` weight rows
+/// in `w`; two 8-lane accumulators per input row keep two FMA chains in flight.
+#[inline(always)]
+fn dots_body<B: Block, const M: usize, const FMA: bool>(
+    dots: &mut [f32],
+    x: &[f32],
+    k: usize,
+    w: &[u8],
+) {
+    let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
+    let row_bytes = k / B::LEN * B::BYTES;
+    let rows = w.len() / row_bytes.max(1);
+    let mut buf = [0f32; 256];
+    for (r, wr) in w.chunks_exact(row_bytes.max(1)).enumerate() {
+        let mut acc = [[0f32; 16]; M];
+        for (bi, blk) in wr.chunks_exact(B::BYTES).enumerate() {
+            let y = &mut buf[..B::LEN];
+            B::decode(blk, y);
+            for (i, a) in acc.iter_mut().enumerate() {
+                let xs = &x[i * k + bi * B::LEN..i * k + (bi + 1) * B::LEN];
+                for (xc, yc) in xs.chunks_exact(16).zip(y.chunks_exact(16)) {
+                    for l in 0..16 {
+                        a[l] = fma(xc[l], yc[l], a[l]);
+                    }
+                }
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            let mut s = [0f32; 8];
+            for l in 0..8 {
+                s[l] = a[l] + a[l + 8];
+            }
+            dots[i * rows + r] = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+        }
+    }
+}
+
+/// [`dots_body`] compiled for the best instruction set present (with hand-written AVX2 bodies
+/// for the 32-value formats the decoder's narrow rows use, where the compiler's vectorisation of
+/// the byte decoding was measured 2-3x slower).
+fn dots_for<B: Block, const M: usize>(dots: &mut [f32], x: &[f32], k: usize, w: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            let id = std::any::TypeId::of::<B>();
+            let kind = if id == std::any::TypeId::of::<Q8_0>() {
+                Some(avx2::Kind::Q8_0)
+            } else if id == std::any::TypeId::of::<Q4_0>() {
+                Some(avx2::Kind::Q4_0)
+            } else if id == std::any::TypeId::of::<Q5_0>() {
+                Some(avx2::Kind::Q5_0)
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
+                // SAFETY: the CPU supports AVX2, FMA and F16C; `dots` checked the sizes.
+                unsafe { avx2::dots::<M>(kind, dots, x, k, w) };
+                return;
+            }
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn v3<B: Block, const M: usize>(dots: &mut [f32], x: &[f32], k: usize, w: &[u8]) {
+            dots_body::<B, M, true>(dots, x, k, w)
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports every feature v3 was compiled for.
+            return unsafe { v3::<B, M>(dots, x, k, w) };
+        }
+    }
+    // aarch64 always has fused multiply-add (NEON); elsewhere a separate multiply and add.
+    dots_body::<B, M, { cfg!(target_arch = "aarch64") }>(dots, x, k, w)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! AVX2 + FMA bodies for Q8_0, Q4_0 and Q5_0: 32 values decoded as four 8-lane vectors
+    //! (sign-extended bytes converted to f32 and multiplied by the block's scale: the same f32
+    //! values as the scalar decoders), each used by every input row at once.
+
+    use std::arch::x86_64::*;
+
+    /// Which format the bytes hold.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Kind {
+        Q8_0,
+        Q4_0,
+        Q5_0,
+    }
+
+    /// The 32 signed values of one block as 32 bytes (before scaling).
+    #[inline(always)]
+    unsafe fn block_bytes(kind: Kind, blk: *const u8) -> __m256i {
+        match kind {
+            Kind::Q8_0 => _mm256_loadu_si256(blk.add(2).cast()),
+            Kind::Q4_0 => {
+                let qs = _mm_loadu_si128(blk.add(2).cast());
+                let m = _mm_set1_epi8(0x0f);
+                let lo = _mm_and_si128(qs, m);
+                let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), m);
+                _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
+            }
+            Kind::Q5_0 => {
+                let qh = u32::from_le_bytes([*blk.add(2), *blk.add(3), *blk.add(4), *blk.add(5)]);
+                let qs = _mm_loadu_si128(blk.add(6).cast());
+                let m = _mm_set1_epi8(0x0f);
+                let lo = _mm_and_si128(qs, m);
+                let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), m);
+                let nib = _mm256_set_m128i(hi, lo);
+                // Bit j of qh is the fifth bit of value j: spread to byte j (llama.cpp's
+                // bytes_from_bits_32), 0xff where set.
+                let shuf = _mm256_set_epi64x(
+                    0x0303_0303_0303_0303,
+                    0x0202_0202_0202_0202,
+                    0x0101_0101_0101_0101,
+                    0,
+                );
+                let spread = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), shuf);
+                let probe = _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
+                let bits = _mm256_cmpeq_epi8(probe, _mm256_set1_epi64x(-1));
+                let fifth = _mm256_and_si256(bits, _mm256_set1_epi8(0x10));
+                _mm256_sub_epi8(_mm256_or_si256(nib, fifth), _mm256_set1_epi8(16))
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// `dots[i·rows + r] = x_i · w_r` (see `super::dots`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `x` holds `M·k` values, `w` whole rows of `k / 32`
+    /// blocks of `kind`, `dots` `M · rows` values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dots<const M: usize>(
+        kind: Kind,
+        dots: &mut [f32],
+        x: &[f32],
+        k: usize,
+        w: &[u8],
+    ) {
+        let bytes = match kind {
+            Kind::Q8_0 => 34,
+            Kind::Q4_0 => 18,
+            Kind::Q5_0 => 22,
+        };
+        let nb = k / 32;
+        let row_bytes = nb * bytes;
+        let rows = w.len() / row_bytes;
+        for r in 0..rows {
+            let wr = w.as_ptr().add(r * row_bytes);
+            // Independent FMA chains per input row: four for one or two rows (a chain's latency
+            // would bound the loop), two for more (sixteen registers in all).
+            let chains = if M <= 2 { 4 } else { 2 };
+            let mut acc = [[_mm256_setzero_ps(); 4]; M];
+            for b in 0..nb {
+                let blk = wr.add(b * bytes);
+                // The block's f16 scale, converted by F16C and broadcast.
+                let d = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes([*blk, *blk.add(1)])));
+                let q = block_bytes(kind, blk);
+                let q0 = _mm256_castsi256_si128(q);
+                let q1 = _mm256_extracti128_si256(q, 1);
+                // The dequantised values q·d, as the scalar decoder computes them.
+                let v = [
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q0)), d),
+                    _mm256_mul_ps(
+                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8))),
+                        d,
+                    ),
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q1)), d),
+                    _mm256_mul_ps(
+                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8))),
+                        d,
+                    ),
+                ];
+                for (i, a) in acc.iter_mut().enumerate() {
+                    let xp = x.as_ptr().add(i * k + b * 32);
+                    for (c, vc) in v.iter().enumerate() {
+                        let l = &mut a[c % chains];
+                        *l = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(8 * c)), *vc, *l);
+                    }
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                let s = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
+                dots[i * rows + r] = hsum(s);
+            }
+        }
+    }
+}
+
+fn dots_m<B: Block>(dots: &mut [f32], x: &[f32], m: usize, k: usize, w: &[u8]) -> Result<()> {
+    match m {
+        1 => dots_for::<B, 1>(dots, x, k, w),
+        2 => dots_for::<B, 2>(dots, x, k, w),
+        3 => dots_for::<B, 3>(dots, x, k, w),
+        4 => dots_for::<B, 4>(dots, x, k, w),
+        _ => {
+            return Err(Error::Internal(format!(
+                "quantised dot products of {m} rows"
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// Most input rows [`dots`] takes.
+pub const MAX_ROWS: usize = 4;
+
+/// Whether [`dots`] handles rows of `k` values in `kind` (f16/bf16 rows need whole 32-value
+/// blocks).
+pub fn supports(kind: GgmlKind, k: usize) -> bool {
+    k.is_multiple_of(32) && k.is_multiple_of(kind.block_len())
+}
+
+/// `dots[i·rows + r] = x_i · w_r` for the `m ≤ MAX_ROWS` rows of `x` (`[m, k]`) and the weight
+/// rows whose `kind` blocks are the bytes `w` (`rows` of them).
+pub fn dots(
+    kind: GgmlKind,
+    dots: &mut [f32],
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[u8],
+) -> Result<()> {
+    if !supports(kind, k) || x.len() != m * k {
+        return Err(Error::Internal(format!(
+            "{} dot products: x {} for [{m}, {k}]",
+            kind.name(),
+            x.len()
+        )));
+    }
+    let row_bytes = k / kind.block_len() * kind.block_bytes();
+    if row_bytes == 0
+        || !w.len().is_multiple_of(row_bytes)
+        || dots.len() != m * (w.len() / row_bytes)
+    {
+        return Err(Error::Internal(format!(
+            "{} dot products: {} weight bytes for rows of {row_bytes}, {} outputs",
+            kind.name(),
+            w.len(),
+            dots.len()
+        )));
+    }
+    match kind {
+        GgmlKind::Q8_0 => dots_m::<Q8_0>(dots, x, m, k, w),
+        GgmlKind::Q4_0 => dots_m::<Q4_0>(dots, x, m, k, w),
+        GgmlKind::Q5_0 => dots_m::<Q5_0>(dots, x, m, k, w),
+        GgmlKind::Q4K => dots_m::<Q4K>(dots, x, m, k, w),
+        GgmlKind::Q6K => dots_m::<Q6K>(dots, x, m, k, w),
+        GgmlKind::F16 => dots_m::<F16x32>(dots, x, m, k, w),
+        GgmlKind::Bf16 => dots_m::<Bf16x32>(dots, x, m, k, w),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::ggml::{GgmlTensor, ALL_KINDS};
+    use rand::{Rng, SeedableRng};
+
+    fn decode_all<B: Block>(w: &[u8]) -> Vec<f32> {
+        let mut out = vec![0f32; w.len() / B::BYTES * B::LEN];
+        for (b, o) in w.chunks_exact(B::BYTES).zip(out.chunks_exact_mut(B::LEN)) {
+            B::decode(b, o);
+        }
+        out
+    }
+
+    #[test]
+    fn blocks_decode_to_candles_values_and_dots_match_them() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let (rows, k) = (9, 512);
+        let data: Vec<f32> = (0..rows * k).map(|_| rng.random_range(-2.0..2.0)).collect();
+        for kind in ALL_KINDS {
+            let q = GgmlTensor::quantize(&data, rows, k, kind).unwrap();
+            let mut want = vec![0f32; rows * k];
+            q.dequantize_rows_into(0, rows, &mut want).unwrap();
+            let bytes = q.row_bytes(0, rows).unwrap();
+            let got = match kind {
+                GgmlKind::Q8_0 => decode_all::<Q8_0>(bytes),
+                GgmlKind::Q4_0 => decode_all::<Q4_0>(bytes),
+                GgmlKind::Q5_0 => decode_all::<Q5_0>(bytes),
+                GgmlKind::Q4K => decode_all::<Q4K>(bytes),
+                GgmlKind::Q6K => decode_all::<Q6K>(bytes),
+                GgmlKind::F16 => decode_all::<F16x32>(bytes),
+                GgmlKind::Bf16 => decode_all::<Bf16x32>(bytes),
+            };
+            assert_eq!(got, want, "{}: decoded values", kind.name());
+            for m in 1..=MAX_ROWS {
+                let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let mut d = vec![0f32; m * (rows - 2)];
+                dots(kind, &mut d, &x, m, k, q.row_bytes(1, rows - 1).unwrap()).unwrap();
+                for i in 0..m {
+                    for r in 0..rows - 2 {
+                        let e: f64 = (0..k)
+                            .map(|p| f64::from(x[i * k + p]) * f64::from(want[(r + 1) * k + p]))
+                            .sum();
+                        let g = f64::from(d[i * (rows - 2) + r]);
+                        assert!((g - e).abs() < 1e-4, "{} m={m}: {g} vs {e}", kind.name());
+                    }
+                }
+            }
+        }
+        let q = GgmlTensor::quantize(&data, rows, k, GgmlKind::Q8_0).unwrap();
+        let mut d = vec![0f32; 5 * rows];
+        let x = vec![0f32; 5 * k];
+        assert!(dots(
+            GgmlKind::Q8_0,
+            &mut d,
+            &x,
+            5,
+            k,
+            q.row_bytes(0, rows).unwrap()
+        )
+        .is_err());
+        assert!(!supports(GgmlKind::F16, 50));
+    }
+}
