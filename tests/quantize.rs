@@ -110,6 +110,14 @@ fn each_format_drifts_little_from_f32_and_holds_fewer_bytes() {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f64::max);
         let wb = m.network().resident_weight_bytes();
+        // 64-wide rows: every K-quant falls back (q4_k stores q5_0, q6_k stores q8_0).
+        let stored = m.network().stored_formats();
+        let want = match spec {
+            "q6_k" => "q8_0 ×",
+            "q4_k" => "q5_0 ×",
+            other => other,
+        };
+        assert!(stored.starts_with(want), "{spec}: stored as {stored}");
         println!(
             "{spec} | {wb} ({:.2}x f32) | {drift:.2e} | {same}/{total}",
             wb as f64 / bytes as f64

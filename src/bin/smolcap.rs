@@ -1127,6 +1127,7 @@ fn bench(a: BenchArgs) -> AnyResult<()> {
     let ours = json!({
         "impl": "smolcap",
         "weights": weights,
+        "stored": net.stored_formats(),
         "weight_mb": net.resident_weight_bytes() as f64 / (1 << 20) as f64,
         "load_s": load_s,
         "tiles": prep.num_tiles,
@@ -1166,6 +1167,10 @@ fn bench(a: BenchArgs) -> AnyResult<()> {
         l,
         ours["new_tokens"],
         std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    outln!(
+        "weights as stored: {} (the embedding and every linear layer)",
+        ours["stored"].as_str().unwrap_or("")
     );
     outln!(
         "{:<26} {:>12} {:>12} {:>10}",

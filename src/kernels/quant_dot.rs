@@ -218,6 +218,14 @@ fn dots_for<B: Block, const M: usize>(dots: &mut [f32], x: &[f32], k: usize, w: 
                 Some(avx2::Kind::Q4_0)
             } else if id == std::any::TypeId::of::<Q5_0>() {
                 Some(avx2::Kind::Q5_0)
+            } else if id == std::any::TypeId::of::<Q4K>() {
+                // SAFETY: as below.
+                unsafe { avx2::dots_q4k::<M>(dots, x, k, w) };
+                return;
+            } else if id == std::any::TypeId::of::<Q6K>() {
+                // SAFETY: as below.
+                unsafe { avx2::dots_q6k::<M>(dots, x, k, w) };
+                return;
             } else {
                 None
             };
@@ -243,9 +251,9 @@ fn dots_for<B: Block, const M: usize>(dots: &mut [f32], x: &[f32], k: usize, w: 
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    //! AVX2 + FMA bodies for Q8_0, Q4_0 and Q5_0: 32 values decoded as four 8-lane vectors
-    //! (sign-extended bytes converted to f32 and multiplied by the block's scale: the same f32
-    //! values as the scalar decoders), each used by every input row at once.
+    //! AVX2 + FMA bodies for Q8_0, Q4_0, Q5_0, Q4_K and Q6_K: values decoded eight per vector
+    //! (bytes widened, converted to f32 and scaled with the same f32 operations in the same
+    //! order as the scalar decoders, so the same values), each used by every input row at once.
 
     use std::arch::x86_64::*;
 
@@ -360,6 +368,168 @@ mod avx2 {
                 let s = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
                 dots[i * rows + r] = hsum(s);
             }
+        }
+    }
+
+    /// The f16 at `p` as f32 (F16C).
+    #[inline(always)]
+    unsafe fn f16_at_ptr(p: *const u8) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes([
+            *p,
+            *p.add(1),
+        ]))))
+    }
+
+    /// `acc[i][j % chains] += x_i[off + 8j ..] · v[j]` for the four vectors `v`.
+    #[inline(always)]
+    unsafe fn use_four<const M: usize>(
+        acc: &mut [[__m256; 4]; M],
+        chains: usize,
+        x: *const f32,
+        k: usize,
+        off: usize,
+        v: &[__m256; 4],
+    ) {
+        for (i, a) in acc.iter_mut().enumerate() {
+            let xp = x.add(i * k + off);
+            for (j, vj) in v.iter().enumerate() {
+                let l = &mut a[j % chains];
+                *l = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(8 * j)), *vj, *l);
+            }
+        }
+    }
+
+    /// Four vectors from the 32 bytes `q`: `f(widened byte as f32)` for bytes 0–7, 8–15, …
+    #[inline(always)]
+    unsafe fn four(q: __m256i, signed: bool, f: impl Fn(usize, __m256) -> __m256) -> [__m256; 4] {
+        let h = [_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)];
+        let parts = [h[0], _mm_srli_si128(h[0], 8), h[1], _mm_srli_si128(h[1], 8)];
+        let mut out = [_mm256_setzero_ps(); 4];
+        for (j, p) in parts.iter().enumerate() {
+            let w = if signed {
+                _mm256_cvtepi8_epi32(*p)
+            } else {
+                _mm256_cvtepu8_epi32(*p)
+            };
+            out[j] = f(j, _mm256_cvtepi32_ps(w));
+        }
+        out
+    }
+
+    /// Writes the row sums of `acc` to column `r` of `dots` (`rows` per input row).
+    #[inline(always)]
+    unsafe fn finish<const M: usize>(
+        acc: &[[__m256; 4]; M],
+        dots: &mut [f32],
+        rows: usize,
+        r: usize,
+    ) {
+        for (i, a) in acc.iter().enumerate() {
+            let s = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
+            dots[i * rows + r] = hsum(s);
+        }
+    }
+
+    /// [`dots`] for Q4_K: per 64 values, `d·scale·q − dmin·min` for the low then high nibbles.
+    ///
+    /// # Safety
+    /// As [`dots`], for `k / 256` blocks of 144 bytes per row.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dots_q4k<const M: usize>(dots: &mut [f32], x: &[f32], k: usize, w: &[u8]) {
+        let nb = k / 256;
+        let row_bytes = nb * 144;
+        let rows = w.len() / row_bytes;
+        let chains = if M <= 2 { 4 } else { 2 };
+        let mask = _mm256_set1_epi8(0x0f);
+        for r in 0..rows {
+            let wr = w.as_ptr().add(r * row_bytes);
+            let mut acc = [[_mm256_setzero_ps(); 4]; M];
+            for b in 0..nb {
+                let blk = wr.add(b * 144);
+                let (d, min) = (f16_at_ptr(blk), f16_at_ptr(blk.add(2)));
+                let sc = std::slice::from_raw_parts(blk.add(4), 12);
+                // ggml's get_scale_min_k4.
+                let scale_min = |j: usize| -> (u8, u8) {
+                    if j < 4 {
+                        (sc[j] & 63, sc[j + 4] & 63)
+                    } else {
+                        (
+                            (sc[j + 4] & 0x0f) | ((sc[j - 4] >> 6) << 4),
+                            (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4),
+                        )
+                    }
+                };
+                for c in 0..4 {
+                    let q = _mm256_loadu_si256(blk.add(16 + 32 * c).cast());
+                    let lo = _mm256_and_si256(q, mask);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
+                    for (half, bytes) in [(0, lo), (1, hi)] {
+                        let (s, m) = scale_min(2 * c + half);
+                        let dv = _mm256_set1_ps(d * f32::from(s));
+                        let mv = _mm256_set1_ps(min * f32::from(m));
+                        let v = four(bytes, false, |_, f| _mm256_sub_ps(_mm256_mul_ps(dv, f), mv));
+                        let off = b * 256 + 64 * c + 32 * half;
+                        use_four(&mut acc, chains, x.as_ptr(), k, off, &v);
+                    }
+                }
+            }
+            finish(&acc, dots, rows, r);
+        }
+    }
+
+    /// [`dots`] for Q6_K: per 128 values, four 32-value groups of 6-bit values, each 16 values
+    /// with their own 8-bit scale, times `d`.
+    ///
+    /// # Safety
+    /// As [`dots`], for `k / 256` blocks of 210 bytes per row.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dots_q6k<const M: usize>(dots: &mut [f32], x: &[f32], k: usize, w: &[u8]) {
+        let nb = k / 256;
+        let row_bytes = nb * 210;
+        let rows = w.len() / row_bytes;
+        let chains = if M <= 2 { 4 } else { 2 };
+        let m4 = _mm256_set1_epi8(0x0f);
+        let m2 = _mm256_set1_epi8(0x03);
+        for r in 0..rows {
+            let wr = w.as_ptr().add(r * row_bytes);
+            let mut acc = [[_mm256_setzero_ps(); 4]; M];
+            for b in 0..nb {
+                let blk = wr.add(b * 210);
+                let d = f16_at_ptr(blk.add(208));
+                for h in 0..2 {
+                    let ql0 = _mm256_loadu_si256(blk.add(64 * h).cast());
+                    let ql1 = _mm256_loadu_si256(blk.add(64 * h + 32).cast());
+                    let qh = _mm256_loadu_si256(blk.add(128 + 32 * h).cast());
+                    let sc = blk.add(192 + 8 * h);
+                    let high = |shift: i32| {
+                        let s = match shift {
+                            0 => qh,
+                            2 => _mm256_srli_epi16(qh, 2),
+                            4 => _mm256_srli_epi16(qh, 4),
+                            _ => _mm256_srli_epi16(qh, 6),
+                        };
+                        _mm256_slli_epi16(_mm256_and_si256(s, m2), 4)
+                    };
+                    let groups = [
+                        _mm256_or_si256(_mm256_and_si256(ql0, m4), high(0)),
+                        _mm256_or_si256(_mm256_and_si256(ql1, m4), high(2)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), high(4)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), high(6)),
+                    ];
+                    for (g, q) in groups.iter().enumerate() {
+                        let q = _mm256_sub_epi8(*q, _mm256_set1_epi8(32));
+                        // Values 0-15 of the group use scale 2g, 16-31 scale 2g + 1.
+                        let ds = [
+                            _mm256_set1_ps(d * f32::from(*sc.add(2 * g) as i8)),
+                            _mm256_set1_ps(d * f32::from(*sc.add(2 * g + 1) as i8)),
+                        ];
+                        let v = four(q, true, |j, f| _mm256_mul_ps(ds[j / 2], f));
+                        let off = b * 256 + 128 * h + 32 * g;
+                        use_four(&mut acc, chains, x.as_ptr(), k, off, &v);
+                    }
+                }
+            }
+            finish(&acc, dots, rows, r);
         }
     }
 }

@@ -113,6 +113,40 @@ impl Idefics3 {
         n
     }
 
+    /// What the weights are really stored as, e.g. `q5_0 ×180, q4_k ×42, q8_0 ×1 (+ dense
+    /// tensors)`: the linear layers' and the embedding's storage formats with counts, most
+    /// common first (a requested K-quant falls back per tensor; see [`crate::quant::GgmlKind::for_cols`]).
+    pub fn stored_formats(&self) -> String {
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        let mut add = |f: String| match counts.iter_mut().find(|(g, _)| *g == f) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((f, 1)),
+        };
+        let embed = match &self.text.embed {
+            text::Embedding::Quantized { q, .. } => Some(q.clone()),
+            text::Embedding::Dense(_) => None,
+        };
+        match &embed {
+            Some(q) => add(q.format_name().to_string()),
+            None => add(self.dtype.as_str().to_string()),
+        }
+        for l in self.linears() {
+            match &l.weight {
+                // A head tied to a quantised embedding is the same table, counted once.
+                linear::Weight::Quantized { q, .. }
+                    if embed.as_ref().is_some_and(|e| std::sync::Arc::ptr_eq(e, q)) => {}
+                linear::Weight::Quantized { q, .. } => add(q.format_name().to_string()),
+                linear::Weight::Dense(t) => add(t.dtype().as_str().to_string()),
+            }
+        }
+        counts.sort_by_key(|c| std::cmp::Reverse(c.1));
+        counts
+            .iter()
+            .map(|(f, n)| format!("{f} ×{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Every linear layer (vision, connector, text), by checkpoint module name.
     pub fn linears(&self) -> Vec<&linear::Linear> {
         let mut v = self.vision.linears();
@@ -292,6 +326,7 @@ mod tests {
             let quant = Idefics3::load_with(&w, &cfg, &spec).unwrap();
             let mut dense = Idefics3::load_with(&w, &cfg, &spec).unwrap();
             assert_eq!(dequantise_in_place(&mut dense), count, "{name}");
+            assert!(dense.stored_formats().starts_with("f32 ×"), "{name}");
             assert!(quant.resident_weight_bytes() < dense_bytes, "{name}");
             // Without and with a LoRA adapter applied unmerged on top (loaded against the
             // quantised model: its shapes are the checkpoint's).
