@@ -72,6 +72,19 @@ impl Block for Q5_0 {
     }
 }
 
+/// ggml's `get_scale_min_k4`: sub-block `j`'s 6-bit scale and minimum from Q4_K's 12 bytes.
+#[inline(always)]
+fn scale_min_k4(sc: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (sc[j] & 63, sc[j + 4] & 63)
+    } else {
+        (
+            (sc[j + 4] & 0x0f) | ((sc[j - 4] >> 6) << 4),
+            (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4),
+        )
+    }
+}
+
 struct Q4K;
 impl Block for Q4K {
     const LEN: usize = 256;
@@ -81,24 +94,13 @@ impl Block for Q4K {
         let (d, min) = (f16_at(b, 0), f16_at(b, 2));
         let scales = &b[4..16];
         let qs = &b[16..144];
-        // ggml's get_scale_min_k4: 6-bit scales and minimums packed in 12 bytes.
-        let scale_min = |j: usize| -> (u8, u8) {
-            if j < 4 {
-                (scales[j] & 63, scales[j + 4] & 63)
-            } else {
-                (
-                    (scales[j + 4] & 0x0f) | ((scales[j - 4] >> 6) << 4),
-                    (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4),
-                )
-            }
-        };
         for (c, (o, q)) in out[..256]
             .chunks_exact_mut(64)
             .zip(qs.chunks_exact(32))
             .enumerate()
         {
-            let (s1, m1) = scale_min(2 * c);
-            let (s2, m2) = scale_min(2 * c + 1);
+            let (s1, m1) = scale_min_k4(scales, 2 * c);
+            let (s2, m2) = scale_min_k4(scales, 2 * c + 1);
             let (d1, m1) = (d * f32::from(s1), min * f32::from(m1));
             let (d2, m2) = (d * f32::from(s2), min * f32::from(m2));
             let (lo, hi) = o.split_at_mut(32);
@@ -327,42 +329,38 @@ mod avx2 {
             Kind::Q4_0 => 18,
             Kind::Q5_0 => 22,
         };
-        let nb = k / 32;
+        each_block::<M>(dots, x, k, w, (32, bytes), |acc, chains, blk, off| {
+            // The block's f16 scale, converted by F16C and broadcast; the values q·d, as the
+            // scalar decoder computes them.
+            let d = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes([*blk, *blk.add(1)])));
+            let v = four(block_bytes(kind, blk), true, |_, f| _mm256_mul_ps(f, d));
+            use_four(acc, chains, x.as_ptr(), k, off, &v);
+        });
+    }
+
+    /// Runs `block(acc, chains, bytes, first value)` on every block of every weight row in `w`
+    /// (`len` values in `bytes` bytes each) and writes each row's sums to `dots`. Four
+    /// independent FMA chains per input row for one or two rows (a chain's latency would bound
+    /// the loop), two for more (sixteen registers in all).
+    #[inline(always)]
+    unsafe fn each_block<const M: usize>(
+        dots: &mut [f32],
+        x: &[f32],
+        k: usize,
+        w: &[u8],
+        (len, bytes): (usize, usize),
+        block: impl Fn(&mut [[__m256; 4]; M], usize, *const u8, usize),
+    ) {
+        debug_assert!(x.len() >= M * k);
+        let nb = k / len;
         let row_bytes = nb * bytes;
         let rows = w.len() / row_bytes;
+        let chains = if M <= 2 { 4 } else { 2 };
         for r in 0..rows {
             let wr = w.as_ptr().add(r * row_bytes);
-            // Independent FMA chains per input row: four for one or two rows (a chain's latency
-            // would bound the loop), two for more (sixteen registers in all).
-            let chains = if M <= 2 { 4 } else { 2 };
             let mut acc = [[_mm256_setzero_ps(); 4]; M];
             for b in 0..nb {
-                let blk = wr.add(b * bytes);
-                // The block's f16 scale, converted by F16C and broadcast.
-                let d = _mm256_cvtph_ps(_mm_set1_epi16(i16::from_le_bytes([*blk, *blk.add(1)])));
-                let q = block_bytes(kind, blk);
-                let q0 = _mm256_castsi256_si128(q);
-                let q1 = _mm256_extracti128_si256(q, 1);
-                // The dequantised values q·d, as the scalar decoder computes them.
-                let v = [
-                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q0)), d),
-                    _mm256_mul_ps(
-                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8))),
-                        d,
-                    ),
-                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q1)), d),
-                    _mm256_mul_ps(
-                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8))),
-                        d,
-                    ),
-                ];
-                for (i, a) in acc.iter_mut().enumerate() {
-                    let xp = x.as_ptr().add(i * k + b * 32);
-                    for (c, vc) in v.iter().enumerate() {
-                        let l = &mut a[c % chains];
-                        *l = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(8 * c)), *vc, *l);
-                    }
-                }
+                block(&mut acc, chains, wr.add(b * bytes), b * len);
             }
             for (i, a) in acc.iter().enumerate() {
                 let s = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
@@ -416,65 +414,29 @@ mod avx2 {
         out
     }
 
-    /// Writes the row sums of `acc` to column `r` of `dots` (`rows` per input row).
-    #[inline(always)]
-    unsafe fn finish<const M: usize>(
-        acc: &[[__m256; 4]; M],
-        dots: &mut [f32],
-        rows: usize,
-        r: usize,
-    ) {
-        for (i, a) in acc.iter().enumerate() {
-            let s = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
-            dots[i * rows + r] = hsum(s);
-        }
-    }
-
     /// [`dots`] for Q4_K: per 64 values, `d·scale·q − dmin·min` for the low then high nibbles.
     ///
     /// # Safety
     /// As [`dots`], for `k / 256` blocks of 144 bytes per row.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dots_q4k<const M: usize>(dots: &mut [f32], x: &[f32], k: usize, w: &[u8]) {
-        let nb = k / 256;
-        let row_bytes = nb * 144;
-        let rows = w.len() / row_bytes;
-        let chains = if M <= 2 { 4 } else { 2 };
         let mask = _mm256_set1_epi8(0x0f);
-        for r in 0..rows {
-            let wr = w.as_ptr().add(r * row_bytes);
-            let mut acc = [[_mm256_setzero_ps(); 4]; M];
-            for b in 0..nb {
-                let blk = wr.add(b * 144);
-                let (d, min) = (f16_at_ptr(blk), f16_at_ptr(blk.add(2)));
-                let sc = std::slice::from_raw_parts(blk.add(4), 12);
-                // ggml's get_scale_min_k4.
-                let scale_min = |j: usize| -> (u8, u8) {
-                    if j < 4 {
-                        (sc[j] & 63, sc[j + 4] & 63)
-                    } else {
-                        (
-                            (sc[j + 4] & 0x0f) | ((sc[j - 4] >> 6) << 4),
-                            (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4),
-                        )
-                    }
-                };
-                for c in 0..4 {
-                    let q = _mm256_loadu_si256(blk.add(16 + 32 * c).cast());
-                    let lo = _mm256_and_si256(q, mask);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
-                    for (half, bytes) in [(0, lo), (1, hi)] {
-                        let (s, m) = scale_min(2 * c + half);
-                        let dv = _mm256_set1_ps(d * f32::from(s));
-                        let mv = _mm256_set1_ps(min * f32::from(m));
-                        let v = four(bytes, false, |_, f| _mm256_sub_ps(_mm256_mul_ps(dv, f), mv));
-                        let off = b * 256 + 64 * c + 32 * half;
-                        use_four(&mut acc, chains, x.as_ptr(), k, off, &v);
-                    }
+        each_block::<M>(dots, x, k, w, (256, 144), |acc, chains, blk, off| {
+            let (d, min) = (f16_at_ptr(blk), f16_at_ptr(blk.add(2)));
+            let sc = std::slice::from_raw_parts(blk.add(4), 12);
+            for c in 0..4 {
+                let q = _mm256_loadu_si256(blk.add(16 + 32 * c).cast());
+                let lo = _mm256_and_si256(q, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
+                for (half, bytes) in [(0, lo), (1, hi)] {
+                    let (s, m) = super::scale_min_k4(sc, 2 * c + half);
+                    let dv = _mm256_set1_ps(d * f32::from(s));
+                    let mv = _mm256_set1_ps(min * f32::from(m));
+                    let v = four(bytes, false, |_, f| _mm256_sub_ps(_mm256_mul_ps(dv, f), mv));
+                    use_four(acc, chains, x.as_ptr(), k, off + 64 * c + 32 * half, &v);
                 }
             }
-            finish(&acc, dots, rows, r);
-        }
+        });
     }
 
     /// [`dots`] for Q6_K: per 128 values, four 32-value groups of 6-bit values, each 16 values
@@ -484,53 +446,43 @@ mod avx2 {
     /// As [`dots`], for `k / 256` blocks of 210 bytes per row.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dots_q6k<const M: usize>(dots: &mut [f32], x: &[f32], k: usize, w: &[u8]) {
-        let nb = k / 256;
-        let row_bytes = nb * 210;
-        let rows = w.len() / row_bytes;
-        let chains = if M <= 2 { 4 } else { 2 };
         let m4 = _mm256_set1_epi8(0x0f);
         let m2 = _mm256_set1_epi8(0x03);
-        for r in 0..rows {
-            let wr = w.as_ptr().add(r * row_bytes);
-            let mut acc = [[_mm256_setzero_ps(); 4]; M];
-            for b in 0..nb {
-                let blk = wr.add(b * 210);
-                let d = f16_at_ptr(blk.add(208));
-                for h in 0..2 {
-                    let ql0 = _mm256_loadu_si256(blk.add(64 * h).cast());
-                    let ql1 = _mm256_loadu_si256(blk.add(64 * h + 32).cast());
-                    let qh = _mm256_loadu_si256(blk.add(128 + 32 * h).cast());
-                    let sc = blk.add(192 + 8 * h);
-                    let high = |shift: i32| {
-                        let s = match shift {
-                            0 => qh,
-                            2 => _mm256_srli_epi16(qh, 2),
-                            4 => _mm256_srli_epi16(qh, 4),
-                            _ => _mm256_srli_epi16(qh, 6),
-                        };
-                        _mm256_slli_epi16(_mm256_and_si256(s, m2), 4)
+        each_block::<M>(dots, x, k, w, (256, 210), |acc, chains, blk, off| {
+            let d = f16_at_ptr(blk.add(208));
+            for h in 0..2 {
+                let ql0 = _mm256_loadu_si256(blk.add(64 * h).cast());
+                let ql1 = _mm256_loadu_si256(blk.add(64 * h + 32).cast());
+                let qh = _mm256_loadu_si256(blk.add(128 + 32 * h).cast());
+                let sc = blk.add(192 + 8 * h);
+                // Bits 2s..2s+1 of qh as bits 4-5 of each byte.
+                let high = |s: i32| {
+                    let v = match s {
+                        0 => qh,
+                        1 => _mm256_srli_epi16(qh, 2),
+                        2 => _mm256_srli_epi16(qh, 4),
+                        _ => _mm256_srli_epi16(qh, 6),
                     };
-                    let groups = [
-                        _mm256_or_si256(_mm256_and_si256(ql0, m4), high(0)),
-                        _mm256_or_si256(_mm256_and_si256(ql1, m4), high(2)),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), high(4)),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), high(6)),
+                    _mm256_slli_epi16(_mm256_and_si256(v, m2), 4)
+                };
+                let groups = [
+                    _mm256_or_si256(_mm256_and_si256(ql0, m4), high(0)),
+                    _mm256_or_si256(_mm256_and_si256(ql1, m4), high(1)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), high(2)),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), high(3)),
+                ];
+                for (g, q) in groups.iter().enumerate() {
+                    let q = _mm256_sub_epi8(*q, _mm256_set1_epi8(32));
+                    // Values 0-15 of the group use scale 2g, 16-31 scale 2g + 1.
+                    let ds = [
+                        _mm256_set1_ps(d * f32::from(*sc.add(2 * g) as i8)),
+                        _mm256_set1_ps(d * f32::from(*sc.add(2 * g + 1) as i8)),
                     ];
-                    for (g, q) in groups.iter().enumerate() {
-                        let q = _mm256_sub_epi8(*q, _mm256_set1_epi8(32));
-                        // Values 0-15 of the group use scale 2g, 16-31 scale 2g + 1.
-                        let ds = [
-                            _mm256_set1_ps(d * f32::from(*sc.add(2 * g) as i8)),
-                            _mm256_set1_ps(d * f32::from(*sc.add(2 * g + 1) as i8)),
-                        ];
-                        let v = four(q, true, |j, f| _mm256_mul_ps(ds[j / 2], f));
-                        let off = b * 256 + 128 * h + 32 * g;
-                        use_four(&mut acc, chains, x.as_ptr(), k, off, &v);
-                    }
+                    let v = four(q, true, |j, f| _mm256_mul_ps(ds[j / 2], f));
+                    use_four(acc, chains, x.as_ptr(), k, off + 128 * h + 32 * g, &v);
                 }
             }
-            finish(&acc, dots, rows, r);
-        }
+        });
     }
 }
 
