@@ -109,6 +109,9 @@ struct LoadOptions {
     std::string device = "cpu";
     /// Hub revision; empty = "main".
     std::string revision;
+    /// Weight storage quantized at load ("q8_0", "q4_0", "q4_k,vision=q8_0", ...; see
+    /// docs/QUANTIZATION.md); empty = dense.
+    std::string quantize;
 };
 
 /// Facts about a model (a copy; strings owned here).
@@ -202,6 +205,7 @@ public:
         p.dtype = opt.dtype;
         p.device = opt.device.c_str();
         p.revision = opt.revision.empty() ? nullptr : opt.revision.c_str();
+        p.quantize = opt.quantize.empty() ? nullptr : opt.quantize.c_str();
         smolcap_model *m = nullptr;
         detail::check(smolcap_model_load(dir_or_repo.c_str(), &p, &m));
         return Model(m);

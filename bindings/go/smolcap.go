@@ -88,6 +88,7 @@ func LiveObjects() int { return int(C.smolcap_debug_live_objects()) }
 type LoadOptions struct {
 	Device   string // "cpu" (default), "cuda:N", "metal"
 	Revision string // hub revision, default "main"
+	Quantize string // weight storage quantized at load ("q8_0", "q4_0,vision=q8_0", ...); "" = dense
 }
 
 // Model is a loaded model, usable from many goroutines.
@@ -113,6 +114,10 @@ func Load(dirOrRepo string, opt *LoadOptions) (*Model, error) {
 	if opt != nil && opt.Revision != "" {
 		p.revision = C.CString(opt.Revision)
 		defer C.free(unsafe.Pointer(p.revision))
+	}
+	if opt != nil && opt.Quantize != "" {
+		p.quantize = C.CString(opt.Quantize)
+		defer C.free(unsafe.Pointer(p.quantize))
 	}
 	var out *C.smolcap_model
 	if err := call(func() C.smolcap_status { return C.smolcap_model_load(cdir, &p, &out) }); err != nil {

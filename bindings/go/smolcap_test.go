@@ -494,3 +494,27 @@ func TestAdaptersMergeAndMetrics(t *testing.T) {
 		t.Errorf("bad suite: %v", err)
 	}
 }
+
+func TestQuantizedModel(t *testing.T) {
+	track(t)
+	want := readExpected(t)
+	_, err := Load(env(t, "SMOLCAP_MODEL_DIR"), &LoadOptions{Quantize: "q9"})
+	var e *Error
+	if !errors.As(err, &e) || e.Code != StatusInvalidArgument || !strings.Contains(e.Msg, "not a weight format") {
+		t.Errorf("bad quantize: %v", err)
+	}
+	m, err := Load(env(t, "SMOLCAP_MODEL_DIR"), &LoadOptions{Quantize: "q8_0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	s, err := m.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c, err := s.Caption([]Image{image(t, "photo_640x480.png")}, greedy12())
+	if err != nil || !reflect.DeepEqual(c[0].Tokens, want["q8_0"].tokens) || c[0].Text != want["q8_0"].text {
+		t.Errorf("q8_0: %v %v, Rust %v", c, err, want["q8_0"].tokens)
+	}
+}

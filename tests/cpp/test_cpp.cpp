@@ -153,6 +153,19 @@ int main(int argc, char **argv) {
         }
         check(status_of([&] { smolcap::Model::load("/no/such/model"); }) == SMOLCAP_STATUS_IO,
               "missing model dir -> IO");
+
+        // Quantized at load: the Rust path's tokens; a bad format is INVALID_ARGUMENT.
+        smolcap::LoadOptions q8;
+        q8.quantize = "q8_0";
+        auto qmodel = smolcap::Model::load(dir, q8);
+        smolcap::Session qsession(qmodel);
+        auto qc = qsession.caption(ims[0], greedy12());
+        check(qc.tokens == expected.at("q8_0").tokens && qc.text == expected.at("q8_0").text,
+              "q8_0 caption differs from the Rust path");
+        q8.quantize = "q9";
+        check(status_of([&] { smolcap::Model::load(dir, q8); }) ==
+                  SMOLCAP_STATUS_INVALID_ARGUMENT,
+              "bad quantize");
         auto badp = greedy12();
         badp.c.strategy = 99;
         check(status_of([&] { session.caption(ims[0], badp); }) ==
