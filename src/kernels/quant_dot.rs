@@ -148,7 +148,7 @@ impl Block for F16x32 {
     #[inline(always)]
     fn decode(b: &[u8], out: &mut [f32]) {
         for (o, h) in out[..32].iter_mut().zip(b.chunks_exact(2)) {
-            *o = f16::from_bits(u16::from_le_bytes([h[0], h[1]])).to_f32();
+            *o = f16::from_bits(u16::from_le_bytes([h[0], h[1]])).to_f32_const();
         }
     }
 }
@@ -228,6 +228,14 @@ fn dots_for<B: Block, const M: usize>(dots: &mut [f32], x: &[f32], k: usize, w: 
                 // SAFETY: as below.
                 unsafe { avx2::dots_q6k::<M>(dots, x, k, w) };
                 return;
+            } else if id == std::any::TypeId::of::<F16x32>() {
+                // SAFETY: as below.
+                unsafe { avx2::dots_half::<M, false>(dots, x, k, w) };
+                return;
+            } else if id == std::any::TypeId::of::<Bf16x32>() {
+                // SAFETY: as below.
+                unsafe { avx2::dots_half::<M, true>(dots, x, k, w) };
+                return;
             } else {
                 None
             };
@@ -253,7 +261,7 @@ fn dots_for<B: Block, const M: usize>(dots: &mut [f32], x: &[f32], k: usize, w: 
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    //! AVX2 + FMA bodies for Q8_0, Q4_0, Q5_0, Q4_K and Q6_K: values decoded eight per vector
+    //! AVX2 + FMA bodies for Q8_0, Q4_0, Q5_0, Q4_K, Q6_K, f16 and bf16: values decoded eight per vector
     //! (bytes widened, converted to f32 and scaled with the same f32 operations in the same
     //! order as the scalar decoders, so the same values), each used by every input row at once.
 
@@ -482,6 +490,32 @@ mod avx2 {
                     use_four(acc, chains, x.as_ptr(), k, off + 128 * h + 32 * g, &v);
                 }
             }
+        });
+    }
+
+    /// [`dots`] for rows of f16 (F16C conversion) or bf16 (`BF16`: the 16 bits shifted into
+    /// the top of an f32, exact) values, 32 per block.
+    ///
+    /// # Safety
+    /// As [`dots`], for `k / 32` blocks of 64 bytes per row.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dots_half<const M: usize, const BF16: bool>(
+        dots: &mut [f32],
+        x: &[f32],
+        k: usize,
+        w: &[u8],
+    ) {
+        each_block::<M>(dots, x, k, w, (32, 64), |acc, chains, blk, off| {
+            let mut v = [_mm256_setzero_ps(); 4];
+            for (j, vj) in v.iter_mut().enumerate() {
+                let h = _mm_loadu_si128(blk.add(16 * j).cast());
+                *vj = if BF16 {
+                    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+                } else {
+                    _mm256_cvtph_ps(h)
+                };
+            }
+            use_four(acc, chains, x.as_ptr(), k, off, &v);
         });
     }
 }
