@@ -16,7 +16,7 @@ use smolcap::processor::image::{DecodeLimits, SourceImage};
 use smolcap::processor::PromptMode;
 use smolcap::{ActiveAdapter, CaptionOptions, LoadOptions};
 
-use crate::errors::{invalid, panic_err, to_pyerr, UnsupportedError};
+use crate::errors::{invalid, panic_err, to_pyerr};
 use crate::images::{pending, Pending};
 use crate::run_detached;
 
