@@ -1,7 +1,8 @@
 //! Text inputs of every entry point (issue 27): prompts (chat and raw) through the processor
 //! with the byte limits, captions scored by the model, training captions, JSONL dataset rows,
-//! metrics captions and results files. Each must succeed or fail with an error, never panic,
-//! and never run past the byte limits (small limits here keep each run quick).
+//! metrics captions and results files, weight-format specs. Each must succeed or fail with an
+//! error, never panic, and never run past the byte limits (small limits here keep each run
+//! quick).
 #![no_main]
 
 #[path = "common.rs"]
@@ -74,6 +75,8 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         _ => {
+            // A weight-format spec (`--quantize`, `smolcap_load_params.quantize`).
+            let _ = smolcap::quant::QuantSpec::parse(&text);
             // A JSONL manifest and a COCO results file made of the bytes.
             let dir = common::scratch();
             let p = dir.join("fuzz.jsonl");
