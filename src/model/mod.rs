@@ -271,7 +271,13 @@ mod tests {
     }
 
     /// Image features and all-position logits of a text-and-image forward pass.
-    fn features_and_logits(m: &Idefics3, cfg: &ModelConfig, lora: &LoraSet) -> (Tensor, Tensor) {
+    /// Image features, all-position logits of a 20-token prefill of 2 sequences, and the logits
+    /// of one decode step after it (2 rows: the products' few-rows path).
+    fn features_and_logits(
+        m: &Idefics3,
+        cfg: &ModelConfig,
+        lora: &LoraSet,
+    ) -> (Tensor, Tensor, Tensor) {
         let s = cfg.vision.image_size;
         let px: Vec<f32> = (0..2 * 3 * s * s)
             .map(|i| ((i * 7919 % 255) as f32 / 127.5) - 1.0)
@@ -288,7 +294,14 @@ mod tests {
             .text
             .forward(&e, &pos, None, &mut cache, Logits::All, lora)
             .unwrap();
-        (feats, logits)
+        let next = Tensor::from_vec(vec![5u32, 77], (2, 1), &Device::Cpu).unwrap();
+        let pos = Tensor::from_vec(vec![20u32, 20], (2, 1), &Device::Cpu).unwrap();
+        let e = m.text.embed(&next).unwrap();
+        let step = m
+            .text
+            .forward(&e, &pos, None, &mut cache, Logits::All, lora)
+            .unwrap();
+        (feats, logits, step)
     }
 
     fn largest(t: &Tensor) -> f32 {
@@ -339,8 +352,8 @@ mod tests {
             adapter.add_to(&mut with, 1.0, DType::F32).unwrap();
             let mut plain: Option<Tensor> = None;
             for lora in [LoraSet::empty(), with] {
-                let (fq, lq) = features_and_logits(&quant, &cfg, &lora);
-                let (fd, ld) = features_and_logits(&dense, &cfg, &lora);
+                let (fq, lq, sq) = features_and_logits(&quant, &cfg, &lora);
+                let (fd, ld, sd) = features_and_logits(&dense, &cfg, &lora);
                 if let Some(p) = &plain {
                     let moved = crate::kernels::tests::max_diff(p, &ld);
                     assert!(
@@ -355,14 +368,16 @@ mod tests {
                 );
                 let df = crate::kernels::tests::max_diff(&fq, &fd);
                 let dl = crate::kernels::tests::max_diff(&lq, &ld);
+                let ds = crate::kernels::tests::max_diff(&sq, &sd);
+                assert!(largest(&sd) > 0.1, "{name}: decode-step logits too flat");
                 let what = if lora.is_empty() {
                     ""
                 } else {
                     " with an adapter"
                 };
                 assert!(
-                    df <= 1e-4 && dl <= 1e-4,
-                    "{name}{what}: features differ by {df}, logits by {dl}"
+                    df <= 1e-4 && dl <= 1e-4 && ds <= 1e-4,
+                    "{name}{what}: features differ by {df}, logits by {dl}, decode step by {ds}"
                 );
             }
         }
