@@ -13,9 +13,10 @@ use crate::quant::QuantTensor;
 /// a tile stays in L2 while the gemm reads it.
 const TILE_ROWS: usize = 64;
 
-/// Input rows up to which a product is dot products against small tiles (decode) instead of a
-/// gemm per tile.
-const DOT_ROWS: usize = 4;
+/// Input rows up to which a product is dot products against small tiles (decode, also of a
+/// batch of captions or beams) instead of a gemm per tile: each small tile is decoded once per
+/// group of [`quant_dot::MAX_ROWS`] rows while it is in L1.
+const DOT_ROWS: usize = 16;
 
 /// Floats per tile on the dot-product path: 16 KB, so a tile stays in L1 between being written
 /// and being read.
@@ -83,9 +84,7 @@ fn linear_dots(x: &[f32], w: &QuantTensor, out: &mut [f32], accumulate: bool) ->
     let m = x.len() / k.max(1);
     // GGML blocks are decoded in registers; other storages dequantise a tile first.
     let fused = match w {
-        QuantTensor::Ggml(g) if m <= quant_dot::MAX_ROWS && quant_dot::supports(g.kind(), k) => {
-            Some(g)
-        }
+        QuantTensor::Ggml(g) if quant_dot::supports(g.kind(), k) => Some(g),
         _ => None,
     };
     let dst = SharedOut(out.as_mut_ptr());
@@ -98,7 +97,13 @@ fn linear_dots(x: &[f32], w: &QuantTensor, out: &mut [f32], accumulate: bool) ->
             match fused {
                 Some(g) => {
                     let bytes = g.row_bytes(r0, r1)?;
-                    quant_dot::dots(g.kind(), &mut dots[..m * rows], x, m, k, bytes)?;
+                    let group = quant_dot::MAX_ROWS;
+                    for (xs, ds) in x
+                        .chunks(group * k)
+                        .zip(dots[..m * rows].chunks_mut(group * rows))
+                    {
+                        quant_dot::dots(g.kind(), ds, xs, xs.len() / k, k, bytes)?;
+                    }
                 }
                 None => {
                     let b = &mut buf[..rows * k];
@@ -220,6 +225,7 @@ mod tests {
             cases.push((QuantChoice::Ggml(kind), 1, 9, 256));
             cases.push((QuantChoice::Ggml(kind), 4, 70, 512));
             cases.push((QuantChoice::Ggml(kind), 9, 67, 256));
+            cases.push((QuantChoice::Ggml(kind), 17, 40, 256));
         }
         for (choice, m, n, k) in cases {
             let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
