@@ -203,69 +203,75 @@ fn dots_body<B: Block, const M: usize, const FMA: bool>(
     }
 }
 
-/// [`dots_body`] compiled for the best instruction set present (with hand-written AVX2 bodies
-/// for the 32-value formats the decoder's narrow rows use, where the compiler's vectorisation of
-/// the byte decoding was measured 2-3x slower).
+/// [`dots_body`] as the target's baseline compiles it: vectorised by the compiler (NEON on
+/// aarch64); the portable path where the AVX2 bodies below do not apply.
 fn dots_for<B: Block, const M: usize>(dots: &mut [f32], x: &[f32], k: usize, w: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-        {
-            let id = std::any::TypeId::of::<B>();
-            let kind = if id == std::any::TypeId::of::<Q8_0>() {
-                Some(avx2::Kind::Q8_0)
-            } else if id == std::any::TypeId::of::<Q4_0>() {
-                Some(avx2::Kind::Q4_0)
-            } else if id == std::any::TypeId::of::<Q5_0>() {
-                Some(avx2::Kind::Q5_0)
-            } else if id == std::any::TypeId::of::<Q4K>() {
-                // SAFETY: as below.
-                unsafe { avx2::dots_q4k::<M>(dots, x, k, w) };
-                return;
-            } else if id == std::any::TypeId::of::<Q6K>() {
-                // SAFETY: as below.
-                unsafe { avx2::dots_q6k::<M>(dots, x, k, w) };
-                return;
-            } else if id == std::any::TypeId::of::<F16x32>() {
-                // SAFETY: as below.
-                unsafe { avx2::dots_half::<M, false>(dots, x, k, w) };
-                return;
-            } else if id == std::any::TypeId::of::<Bf16x32>() {
-                // SAFETY: as below.
-                unsafe { avx2::dots_half::<M, true>(dots, x, k, w) };
-                return;
-            } else {
-                None
-            };
-            if let Some(kind) = kind {
-                // SAFETY: the CPU supports AVX2, FMA and F16C; `dots` checked the sizes.
-                unsafe { avx2::dots::<M>(kind, dots, x, k, w) };
-                return;
-            }
-        }
-        #[target_feature(enable = "avx2,fma")]
-        fn v3<B: Block, const M: usize>(dots: &mut [f32], x: &[f32], k: usize, w: &[u8]) {
-            dots_body::<B, M, true>(dots, x, k, w)
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports every feature v3 was compiled for.
-            return unsafe { v3::<B, M>(dots, x, k, w) };
-        }
-    }
     // aarch64 always has fused multiply-add (NEON); elsewhere a separate multiply and add.
     dots_body::<B, M, { cfg!(target_arch = "aarch64") }>(dots, x, k, w)
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    //! AVX2 + FMA bodies for Q8_0, Q4_0, Q5_0, Q4_K, Q6_K, f16 and bf16: values decoded eight per vector
-    //! (bytes widened, converted to f32 and scaled with the same f32 operations in the same
-    //! order as the scalar decoders, so the same values), each used by every input row at once.
+    //! AVX2 + FMA + F16C bodies for every format: values decoded eight per vector (bytes
+    //! widened, converted to f32 and scaled with the same f32 operations in the same order as
+    //! the scalar decoders, so the same values), each used by every input row at once. Where
+    //! they apply they replace the compiler-vectorised portable bodies, which decoded 2-3x
+    //! slower.
 
     use std::arch::x86_64::*;
+
+    use crate::quant::GgmlKind;
+
+    /// Whether the CPU has what these bodies were compiled for.
+    pub(super) fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+
+    /// `super::dots` for `kind` and `M` rows.
+    ///
+    /// # Safety
+    /// [`available`] is true; `super::dots` checked the sizes.
+    unsafe fn dots_kind<const M: usize>(
+        kind: GgmlKind,
+        dots: &mut [f32],
+        x: &[f32],
+        k: usize,
+        w: &[u8],
+    ) {
+        match kind {
+            GgmlKind::Q8_0 => self::dots::<M>(Kind::Q8_0, dots, x, k, w),
+            GgmlKind::Q4_0 => self::dots::<M>(Kind::Q4_0, dots, x, k, w),
+            GgmlKind::Q5_0 => self::dots::<M>(Kind::Q5_0, dots, x, k, w),
+            GgmlKind::Q4K => dots_q4k::<M>(dots, x, k, w),
+            GgmlKind::Q6K => dots_q6k::<M>(dots, x, k, w),
+            GgmlKind::F16 => dots_half::<M, false>(dots, x, k, w),
+            GgmlKind::Bf16 => dots_half::<M, true>(dots, x, k, w),
+        }
+    }
+
+    /// `super::dots` for `m` (1 to 4) rows; false for any other count.
+    ///
+    /// # Safety
+    /// As [`dots_kind`].
+    pub(super) unsafe fn dots_rows(
+        kind: GgmlKind,
+        dots: &mut [f32],
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[u8],
+    ) -> bool {
+        match m {
+            1 => dots_kind::<1>(kind, dots, x, k, w),
+            2 => dots_kind::<2>(kind, dots, x, k, w),
+            3 => dots_kind::<3>(kind, dots, x, k, w),
+            4 => dots_kind::<4>(kind, dots, x, k, w),
+            _ => return false,
+        }
+        true
+    }
 
     /// Which format the bytes hold.
     #[derive(Clone, Copy, PartialEq, Eq)]
@@ -573,6 +579,28 @@ pub fn dots(
             dots.len()
         )));
     }
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2, FMA and F16C; the sizes were checked above.
+        if unsafe { avx2::dots_rows(kind, dots, x, m, k, w) } {
+            return Ok(());
+        }
+        return Err(Error::Internal(format!(
+            "quantised dot products of {m} rows"
+        )));
+    }
+    dots_portable(kind, dots, x, m, k, w)
+}
+
+/// [`dots`] on the portable bodies (after the same checks).
+fn dots_portable(
+    kind: GgmlKind,
+    dots: &mut [f32],
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[u8],
+) -> Result<()> {
     match kind {
         GgmlKind::Q8_0 => dots_m::<Q8_0>(dots, x, m, k, w),
         GgmlKind::Q4_0 => dots_m::<Q4_0>(dots, x, m, k, w),
@@ -621,14 +649,20 @@ mod tests {
             for m in 1..=MAX_ROWS {
                 let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let mut d = vec![0f32; m * (rows - 2)];
-                dots(kind, &mut d, &x, m, k, q.row_bytes(1, rows - 1).unwrap()).unwrap();
+                let bytes = q.row_bytes(1, rows - 1).unwrap();
+                // The dispatched bodies (AVX2 where present) and the portable ones.
+                let mut p = d.clone();
+                dots(kind, &mut d, &x, m, k, bytes).unwrap();
+                dots_portable(kind, &mut p, &x, m, k, bytes).unwrap();
                 for i in 0..m {
                     for r in 0..rows - 2 {
                         let e: f64 = (0..k)
                             .map(|p| f64::from(x[i * k + p]) * f64::from(want[(r + 1) * k + p]))
                             .sum();
-                        let g = f64::from(d[i * (rows - 2) + r]);
-                        assert!((g - e).abs() < 1e-4, "{} m={m}: {g} vs {e}", kind.name());
+                        for g in [d[i * (rows - 2) + r], p[i * (rows - 2) + r]] {
+                            let g = f64::from(g);
+                            assert!((g - e).abs() < 1e-4, "{} m={m}: {g} vs {e}", kind.name());
+                        }
                     }
                 }
             }
