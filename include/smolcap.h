@@ -404,9 +404,15 @@ typedef struct smolcap_load_params {
    * Weight storage, quantised as the weights are read: NULL or "" keeps them dense; a
    * format ("q8_0", "q6_k", "q5_0", "q4_k", "q4_0", "f16", "bf16", "nf4") for every part, then
    * optional "part=format" overrides ("q4_0,vision=q8_0"; parts: vision, connector, text,
-   * embed, lm_head; "f32" keeps a part dense). See docs/QUANTIZATION.md.
+   * embed, lm_head; "f32" keeps a part dense). See docs/QUANTIZATION.md. For a GGUF model,
+   * NULL or "" keeps each tensor in the format the file stores.
    */
   const char *quantize;
+  /**
+   * The vision projector (`mmproj*.gguf`) when the model path is a GGUF text model; NULL
+   * finds the one `mmproj*.gguf` beside it.
+   */
+  const char *mmproj;
 } smolcap_load_params;
 
 /**

@@ -15,8 +15,8 @@ use crate::generate::{self, GenerateParams, StepModel};
 use crate::lora::peft::Adapter;
 use crate::lora::LoraSet;
 use crate::model::text::{KvCache, Logits};
-use crate::model::weights::Weights;
 use crate::model::Idefics3;
+use crate::model_files::ModelFiles;
 use crate::processor::image::SourceImage;
 use crate::processor::{Prepared, Processor, PromptMode};
 use crate::quant::{QuantChoice, QuantSpec};
@@ -42,8 +42,11 @@ pub struct LoadOptions {
     /// quantisation); no f32 copy of them is ever held. Overrides `quantize.text`.
     pub nf4_decoder: bool,
     /// Each part's weight storage (GGML formats for quantised inference), quantised tensor by
-    /// tensor as the weights are read; the default keeps every part dense.
+    /// tensor as the weights are read; the default keeps every part as stored (dense for
+    /// safetensors, each tensor's own format for GGUF).
     pub quantize: QuantSpec,
+    /// The vision projector (`mmproj*.gguf`) of a GGUF text model; found beside it when `None`.
+    pub mmproj: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -55,6 +58,7 @@ impl Default for LoadOptions {
             config_limits: ConfigLimits::default(),
             nf4_decoder: false,
             quantize: QuantSpec::default(),
+            mmproj: None,
         }
     }
 }
@@ -178,15 +182,35 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads a local directory or a hub repo id.
+    /// Loads a local directory, a GGUF pair (a `.gguf` text model, or a directory holding one
+    /// with its `mmproj*.gguf`) or a hub repo id.
     pub fn load(spec: &str, opts: &LoadOptions) -> Result<Self> {
-        let dir = crate::hub::resolve(spec, opts.revision.as_deref())?;
+        let local = Path::new(spec);
+        let dir = if crate::gguf::is_gguf_path(local) && local.is_file() {
+            local.to_path_buf()
+        } else {
+            crate::hub::resolve(spec, opts.revision.as_deref())?
+        };
         Self::load_dir(&dir, opts)
     }
 
-    /// Loads a model directory in the HF layout.
+    /// Loads a model directory in the HF layout, or a GGUF pair (see [`Model::load`]).
     pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<Self> {
-        let cfg = ModelConfig::from_file(&dir.join("config.json"), &opts.config_limits)?;
+        let files = ModelFiles::open(
+            dir,
+            opts.mmproj.as_deref(),
+            opts.config_limits.max_header_bytes,
+        )?;
+        Self::load_files(&files, opts)
+    }
+
+    /// Loads a model from its files.
+    pub fn load_files(files: &ModelFiles, opts: &LoadOptions) -> Result<Self> {
+        let cfg_text = files.require_text("config.json", crate::fsio::MAX_JSON_BYTES)?;
+        let cfg_json: Value = serde_json::from_str(&cfg_text)
+            .map_err(|e| Error::format(files.path("config.json"), format!("invalid JSON: {e}")))?;
+        let cfg =
+            ModelConfig::from_json(&cfg_json, &files.path("config.json"), &opts.config_limits)?;
         let dtype = match opts.dtype {
             Some(d) => d,
             None => DType::F32,
@@ -194,12 +218,7 @@ impl Model {
         if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
             return Err(Error::Unsupported(format!("compute dtype {dtype:?}")));
         }
-        let weights = Weights::open_limited(
-            dir,
-            dtype,
-            &opts.device,
-            opts.config_limits.max_header_bytes,
-        )?;
+        let weights = files.weights(dtype, &opts.device, opts.config_limits.max_header_bytes)?;
         // The trainer's QLoRA quantisation (train::net), so a run gives the same codes either way.
         let mut quant = opts.quantize;
         if opts.nf4_decoder {
@@ -210,12 +229,12 @@ impl Model {
         }
         let net = Idefics3::load_with(&weights, &cfg, &quant)?;
         drop(weights);
-        let processor = Processor::load(dir, &cfg)?;
-        let (stop_tokens, pad_token) = special_ids(dir, &processor)?;
+        let processor = Processor::load(files, &cfg)?;
+        let (stop_tokens, pad_token) = special_ids(files, &processor)?;
         Ok(Self {
             net,
             processor,
-            dir: dir.to_path_buf(),
+            dir: files.root(),
             stop_tokens,
             pad_token,
             limits: opts.config_limits.clone(),
@@ -646,18 +665,15 @@ impl StepModel for BatchState<'_> {
 /// Stop ids and pad id: generation_config.json, then config.json, then the tokenizer's eos.
 /// Every id is checked where it is read: an integer (not a float, string or negative number),
 /// inside the tokenizer's vocabulary; an error names the file and the field.
-fn special_ids(dir: &Path, p: &Processor) -> Result<(Vec<u32>, u32)> {
+pub(crate) fn special_ids(dir: &ModelFiles, p: &Processor) -> Result<(Vec<u32>, u32)> {
     let vocab = p.tokenizer.vocab_size() as u64;
     let mut stops: Vec<u32> = Vec::new();
     let mut pad: Option<u32> = None;
     for f in ["generation_config.json", "config.json"] {
-        let path = dir.join(f);
-        if !crate::fsio::regular_file_exists(&path)? {
+        let path = dir.path(f);
+        let Some(v) = dir.read_json(f)? else {
             continue;
-        }
-        let text = crate::fsio::read_text_limited(&path, crate::fsio::MAX_JSON_BYTES)?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::format(&path, format!("invalid JSON: {e}")))?;
+        };
         // Only the fields that are used are read (and checked).
         if stops.is_empty() {
             stops = ids_of(&path, "eos_token_id", v.get("eos_token_id"), vocab)?;

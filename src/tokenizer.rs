@@ -13,7 +13,12 @@ impl TextTokenizer {
     /// Loads `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = crate::fsio::read_limited(path, crate::fsio::MAX_TOKENIZER_BYTES)?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses the bytes of a `tokenizer.json`; `path` is only used in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::format(path, format!("invalid tokenizer: {e}")))?;
         Ok(Self { inner })
     }

@@ -108,6 +108,8 @@ enum Cmd {
     Score(ScoreArgs),
     /// Merge LoRA adapters into the base weights and write a complete model directory.
     Merge(MergeArgs),
+    /// Write a model directory as the GGUF pair llama.cpp loads (text model + mmproj), quantised.
+    Quantize(QuantizeArgs),
     /// Time each captioning stage (optionally beside tools/reference/bench_torch.py's JSON).
     Bench(BenchArgs),
     /// Caption a dataset's images, score them against their references, write predictions,
@@ -177,6 +179,9 @@ struct EvalArgs {
     /// text, embed, lm_head; f32 keeps a part dense), e.g. `q4_0,vision=q8_0`.
     #[arg(long, default_value = "")]
     quantize: String,
+    /// The GGUF vision projector when the base model is a GGUF text model.
+    #[arg(long)]
+    mmproj: Option<PathBuf>,
     /// Device: cpu, cuda[:N] or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -439,10 +444,31 @@ struct BenchArgs {
 }
 
 #[derive(Args)]
+struct QuantizeArgs {
+    /// Model directory (HF layout) or hub repo id.
+    #[arg(long, alias = "base_model_id", default_value = DEFAULT_MODEL)]
+    model: String,
+    /// Hub revision.
+    #[arg(long)]
+    revision: Option<String>,
+    /// Output directory for `NAME-TYPE.gguf` and `mmproj-NAME-TYPE.gguf`.
+    #[arg(long)]
+    out: PathBuf,
+    /// Weight format: FORMAT (q8_0, q6_k, q5_0, q4_k, q4_0, f16, bf16, f32) for every part, then
+    /// optional PART=FORMAT overrides (vision, connector, text, embed, lm_head), as --quantize.
+    #[arg(long = "type", default_value = "q8_0")]
+    ty: String,
+}
+
+#[derive(Args)]
 struct ModelArgs {
-    /// Model directory or hub repo id.
+    /// Model directory, hub repo id, GGUF text model (`FILE.gguf`, with --mmproj or the one
+    /// `mmproj*.gguf` beside it) or a directory holding such a pair.
     #[arg(long, alias = "base_model_id", alias = "base-model-id", default_value = DEFAULT_MODEL)]
     model: String,
+    /// The GGUF vision projector of a GGUF text model.
+    #[arg(long)]
+    mmproj: Option<PathBuf>,
     /// Hub revision (branch, tag or commit).
     #[arg(long)]
     revision: Option<String>,
@@ -651,6 +677,7 @@ fn main() -> ExitCode {
         Cmd::Inspect(a) => inspect(a),
         Cmd::Bench(a) => bench(a),
         Cmd::Merge(a) => merge(a),
+        Cmd::Quantize(a) => quantize(a),
         Cmd::Score(a) => score(a),
         Cmd::Eval(a) => eval(a),
         Cmd::Train(a) => train(a),
@@ -703,6 +730,7 @@ fn load_model_with(a: &ModelArgs, nf4_decoder: bool) -> AnyResult<Model> {
         revision: a.revision.clone(),
         config_limits: a.limits.to_limits(),
         quantize: smolcap::quant::QuantSpec::parse(&a.quantize)?,
+        mmproj: a.mmproj.clone(),
     };
     with_spinner("loading model", || Ok(Model::load(&a.model, &opts)?))
 }
@@ -1222,6 +1250,43 @@ fn adapter_spec(spec: &str) -> AnyResult<(PathBuf, f32)> {
     Ok((PathBuf::from(spec), 1.0))
 }
 
+fn quantize(a: QuantizeArgs) -> AnyResult<()> {
+    let dir = smolcap::hub::resolve(&a.model, a.revision.as_deref())?;
+    let spec = smolcap::quant::QuantSpec::parse(&a.ty)?;
+    let label: String =
+        a.ty.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+    let label = if label.is_empty() {
+        "f32".to_string()
+    } else {
+        label
+    };
+    let report = with_spinner("writing GGUF", || {
+        Ok(smolcap::gguf::export::export_pair(
+            &dir, &a.out, &spec, &label,
+        )?)
+    })?;
+    let types: Vec<String> = report
+        .types
+        .iter()
+        .map(|(k, n)| format!("{k} ×{n}"))
+        .collect();
+    outln!(
+        "wrote {} and {} ({})",
+        report.text.display(),
+        report.mmproj.display(),
+        types.join(", ")
+    );
+    Ok(())
+}
+
 fn merge(a: MergeArgs) -> AnyResult<()> {
     let base = smolcap::hub::resolve(&a.base_model, a.revision.as_deref())?;
     let mut adapters = Vec::new();
@@ -1356,6 +1421,7 @@ fn eval(a: EvalArgs) -> AnyResult<()> {
         revision: a.revision.clone(),
         dtype: a.dtype.clone(),
         quantize: a.quantize.clone(),
+        mmproj: a.mmproj.clone(),
         device: a.device.clone(),
         limits: LimitArgs::default(),
     })?;

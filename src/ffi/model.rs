@@ -58,8 +58,12 @@ pub struct smolcap_load_params {
     /// Weight storage, quantised as the weights are read: NULL or "" keeps them dense; a
     /// format ("q8_0", "q6_k", "q5_0", "q4_k", "q4_0", "f16", "bf16", "nf4") for every part, then
     /// optional "part=format" overrides ("q4_0,vision=q8_0"; parts: vision, connector, text,
-    /// embed, lm_head; "f32" keeps a part dense). See docs/QUANTIZATION.md.
+    /// embed, lm_head; "f32" keeps a part dense). See docs/QUANTIZATION.md. For a GGUF model,
+    /// NULL or "" keeps each tensor in the format the file stores.
     pub quantize: *const c_char,
+    /// The vision projector (`mmproj*.gguf`) when the model path is a GGUF text model; NULL
+    /// finds the one `mmproj*.gguf` beside it.
+    pub mmproj: *const c_char,
 }
 
 // SAFETY: repr(C), starts with `struct_size: u32`, fields are integers and raw pointers.
@@ -82,6 +86,7 @@ unsafe impl Versioned for smolcap_load_params {
             max_image_size: l.max_image_size as u32,
             max_adapter_rank: l.max_adapter_rank as u32,
             quantize: std::ptr::null(),
+            mmproj: std::ptr::null(),
         }
     }
 }
@@ -225,6 +230,10 @@ fn load(spec: &str, p: &smolcap_load_params) -> FfiResult<ModelShared> {
     let quantize = unsafe { handles::opt_str(p.quantize, "params.quantize") }?.unwrap_or("");
     let quantize = crate::quant::QuantSpec::parse(quantize)
         .map_err(|e| FfiError::from(e).context("params.quantize"))?;
+    // SAFETY: as above.
+    let mmproj = unsafe { handles::opt_str(p.mmproj, "params.mmproj") }?
+        .filter(|s| !s.is_empty())
+        .map(std::path::PathBuf::from);
     let opts = LoadOptions {
         dtype,
         device,
@@ -232,6 +241,7 @@ fn load(spec: &str, p: &smolcap_load_params) -> FfiResult<ModelShared> {
         config_limits: config_limits(p)?,
         nf4_decoder: false,
         quantize,
+        mmproj,
     };
     let t0 = Instant::now();
     let model = Model::load(spec, &opts).map_err(|e| FfiError::from(e).context(spec))?;

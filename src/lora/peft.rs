@@ -451,10 +451,10 @@ impl Adapter {
                 )));
             };
             w.check_float(key)?;
-            if w.shape(key).map_or(0, <[usize]>::len) != 2 {
+            if w.shape(key).map_or(0, |s| s.len()) != 2 {
                 return Err(fmt(format!(
                     "tensor {key} has shape {:?}, expected a matrix",
-                    w.shape(key).unwrap_or(&[])
+                    w.shape(key).unwrap_or_default()
                 )));
             }
             if parts.insert(m.to_string(), w.get_any(key)?).is_some() {

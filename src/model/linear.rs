@@ -74,6 +74,26 @@ impl Weight {
     }
 }
 
+/// The storage of the `[rows, cols]` matrix `name`, with the device and dtype the products run
+/// in: with no `choice`, as the file stores it (`None`: dense; a GGUF's GGML format is kept);
+/// with one, quantised as it says (a GGUF tensor already in that format is kept as stored).
+pub(crate) fn load_storage(
+    w: &Weights,
+    name: &str,
+    (rows, cols): (usize, usize),
+    choice: Option<QuantChoice>,
+) -> Result<Option<(QuantTensor, Device, DType)>> {
+    let placed = |q| Some((q, w.device().clone(), w.dtype()));
+    let stored = w.stored_quantized(name, rows, cols)?;
+    match (choice, stored) {
+        (None, stored) => Ok(stored.and_then(placed)),
+        (Some(QuantChoice::Ggml(k)), Some(q)) if q.format_name() == k.for_cols(cols).name() => {
+            Ok(placed(q))
+        }
+        (Some(c), _) => load_quantized(w, name, (rows, cols), c).map(Some),
+    }
+}
+
 /// Reads the `[rows, cols]` tensor `name` and quantises it as `choice` says, returning it with
 /// the device and dtype the products run in.
 pub(crate) fn load_quantized(
@@ -119,16 +139,13 @@ impl Linear {
         quant: Option<QuantChoice>,
     ) -> Result<Self> {
         let wname = format!("{name}.weight");
-        let weight = match quant {
+        let weight = match load_storage(w, &wname, (out_dim, in_dim), quant)? {
             None => Weight::Dense(w.get_linear_weight(&wname, out_dim, in_dim)?),
-            Some(choice) => {
-                let (q, device, dtype) = load_quantized(w, &wname, (out_dim, in_dim), choice)?;
-                Weight::Quantized {
-                    q: Arc::new(q),
-                    device,
-                    dtype,
-                }
-            }
+            Some((q, device, dtype)) => Weight::Quantized {
+                q: Arc::new(q),
+                device,
+                dtype,
+            },
         };
         let bias = if bias {
             Some(w.get(&format!("{name}.bias"), &[out_dim])?)

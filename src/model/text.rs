@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::kernels;
 use crate::kernels::cached_attention::{attend, CacheSlot, Heads, PassInputs};
 use crate::lora::LoraSet;
-use crate::model::linear::{load_quantized, Weight};
+use crate::model::linear::{load_storage, Weight};
 use crate::model::linear::{Linear, RmsNorm};
 use crate::model::vision::activate;
 use crate::model::weights::Weights;
@@ -212,16 +212,13 @@ impl TextModel {
         } else {
             quant.embed
         };
-        let embed = match embed_choice {
+        let embed = match load_storage(w, &embed_name, (cfg.vocab_size, h), embed_choice)? {
             None => Embedding::Dense(w.get(&embed_name, &[cfg.vocab_size, h])?),
-            Some(c) => {
-                let (q, device, dtype) = load_quantized(w, &embed_name, (cfg.vocab_size, h), c)?;
-                Embedding::Quantized {
-                    q: Arc::new(q),
-                    device,
-                    dtype,
-                }
-            }
+            Some((q, device, dtype)) => Embedding::Quantized {
+                q: Arc::new(q),
+                device,
+                dtype,
+            },
         };
         let choice = quant.text;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);

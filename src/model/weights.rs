@@ -4,12 +4,14 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::{Dtype as StDtype, TensorInfo};
 
 use crate::config::DEFAULT_MAX_HEADER_BYTES;
 use crate::error::{Error, Result};
+use crate::gguf::GgufWeights;
 
 /// One safetensors file with its parsed header. Tensors are read with `pread`, never through
 /// a memory map: a file truncated or rewritten while loaded gives an I/O error, not SIGBUS.
@@ -86,6 +88,8 @@ pub struct Weights {
     shards: Vec<Shard>,
     /// tensor name -> shard index
     index: HashMap<String, usize>,
+    /// A llama.cpp GGUF pair instead of safetensors shards (then `shards` is empty).
+    gguf: Option<Arc<GgufWeights>>,
     dtype: DType,
     device: Device,
 }
@@ -166,9 +170,53 @@ impl Weights {
         Ok(Self {
             shards,
             index,
+            gguf: None,
             dtype,
             device: device.clone(),
         })
+    }
+
+    /// The tensors of a GGUF pair under their checkpoint names.
+    pub fn from_gguf(gguf: Arc<GgufWeights>, dtype: DType, device: &Device) -> Self {
+        Self {
+            shards: Vec::new(),
+            index: HashMap::new(),
+            gguf: Some(gguf),
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    /// `name` in the GGML format a GGUF pair stores it in; `None` for safetensors (and for a
+    /// tensor the pair stores as f32). `[rows, cols]` is checked first.
+    pub fn stored_quantized(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<crate::quant::QuantTensor>> {
+        let Some(g) = &self.gguf else {
+            return Ok(None);
+        };
+        self.check_shape(name, &[rows, cols])?;
+        g.quantized(name)
+    }
+
+    fn check_shape(&self, name: &str, shape: &[usize]) -> Result<()> {
+        let Some(g) = &self.gguf else {
+            return Ok(());
+        };
+        match g.shape(name) {
+            None => Err(Error::format(
+                g.text().path(),
+                format!("missing tensor {name}"),
+            )),
+            Some(s) if s != shape => Err(Error::format(
+                g.text().path(),
+                format!("tensor {name} has shape {s:?}, expected {shape:?}"),
+            )),
+            Some(_) => Ok(()),
+        }
     }
 
     /// The compute dtype tensors are converted to.
@@ -183,12 +231,18 @@ impl Weights {
 
     /// Whether the checkpoint holds `name`.
     pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
+        match &self.gguf {
+            Some(g) => g.contains(name),
+            None => self.index.contains_key(name),
+        }
     }
 
     /// All tensor names in the checkpoint.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.index.keys().map(String::as_str)
+    pub fn names(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match &self.gguf {
+            Some(g) => Box::new(g.names()),
+            None => Box::new(self.index.keys().map(String::as_str)),
+        }
     }
 
     /// The stored dtype of the checkpoint's first floating tensor (what `merge` writes back).
@@ -214,9 +268,12 @@ impl Weights {
     }
 
     /// Stored shape of `name`.
-    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        if let Some(g) = &self.gguf {
+            return g.shape(name);
+        }
         let si = *self.index.get(name)?;
-        Some(self.shards[si].tensors[name].shape.as_slice())
+        Some(self.shards[si].tensors[name].shape.clone())
     }
 
     /// The byte range of `name` in its file, checked against the file's length.
@@ -258,10 +315,10 @@ impl Weights {
     /// Linear-module shapes `(in, out, has_bias)` of every 2-D `*.weight` tensor.
     pub fn linear_shapes(&self) -> HashMap<String, (usize, usize, bool)> {
         let mut out = HashMap::new();
-        for name in self.index.keys() {
+        for name in self.names() {
             if let (Some(m), Some(s)) = (name.strip_suffix(".weight"), self.shape(name)) {
                 if s.len() == 2 {
-                    let bias = self.index.contains_key(&format!("{m}.bias"));
+                    let bias = self.contains(&format!("{m}.bias"));
                     out.insert(m.to_string(), (s[1], s[0], bias));
                 }
             }
@@ -278,6 +335,10 @@ impl Weights {
     /// Loads `name`, checks it has `shape` and a floating dtype (both from the header, before
     /// reading), and converts it to the compute dtype.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        if self.gguf.is_some() {
+            self.check_shape(name, shape)?;
+            return self.get_any(name);
+        }
         let (shard, info) = self.locate(name)?;
         if info.shape != shape {
             return Err(Error::format(
@@ -296,6 +357,9 @@ impl Weights {
     /// the CPU in f32 (see [`crate::kernels::cpu::store_transposed`]); with `SMOLCAP_KERNELS=generic` as
     /// the checkpoint stores it.
     pub fn get_linear_weight(&self, name: &str, out_dim: usize, in_dim: usize) -> Result<Tensor> {
+        if self.gguf.is_some() {
+            return crate::kernels::cpu::store_transposed(self.get(name, &[out_dim, in_dim])?);
+        }
         let (_, info) = self.locate(name)?;
         let direct = crate::kernels::backend() == crate::kernels::Backend::Auto
             && self.device.is_cpu()
@@ -324,6 +388,13 @@ impl Weights {
 
     /// Fails unless `name` is stored as a floating-point dtype, naming the tensor.
     pub fn check_float(&self, name: &str) -> Result<()> {
+        if self.gguf.is_some() {
+            // Every GGUF tensor is read as floats (or refused, naming its type, when read).
+            return match self.shape(name) {
+                Some(s) => self.check_shape(name, &s),
+                None => self.check_shape(name, &[]),
+            };
+        }
         let (shard, info) = self.locate(name)?;
         if !st_to_candle(info.dtype).is_some_and(|d| d.is_float()) {
             return Err(Error::format(
@@ -344,6 +415,16 @@ impl Weights {
 
     /// Loads `name` converted to `dtype`.
     pub fn get_as(&self, name: &str, dtype: DType) -> Result<Tensor> {
+        if let Some(g) = &self.gguf {
+            let (v, shape) = g.f32(name)?;
+            let t = Tensor::from_vec(v, shape, &Device::Cpu)?;
+            let t = if dtype == DType::F32 {
+                t
+            } else {
+                t.to_dtype(dtype)?
+            };
+            return Ok(t.to_device(&self.device)?);
+        }
         let (shard, info) = self.locate(name)?;
         let src = st_to_candle(info.dtype).ok_or_else(|| {
             Error::format(

@@ -6,12 +6,11 @@ mod jpeg;
 pub mod prompt;
 pub mod resample;
 
-use std::path::Path;
-
 use serde_json::Value;
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::model_files::ModelFiles;
 use crate::tokenizer::TextTokenizer;
 use image::{ImageProcessorConfig, SourceImage};
 use prompt::ImageTokens;
@@ -59,15 +58,25 @@ pub enum PromptMode {
 
 impl Processor {
     /// Loads tokenizer and processor files from `dir` and checks them against the model config.
-    pub fn load(dir: &Path, cfg: &ModelConfig) -> Result<Self> {
-        let image = ImageProcessorConfig::from_json(dir.join("preprocessor_config.json"))?;
-        let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let proc_cfg = read_json_opt(&dir.join("processor_config.json"))?;
-        let tok_cfg = read_json_opt(&dir.join("tokenizer_config.json"))?;
+    pub fn load(files: &ModelFiles, cfg: &ModelConfig) -> Result<Self> {
+        let pre = "preprocessor_config.json";
+        let image = ImageProcessorConfig::from_json_str(
+            &files.require_text(pre, crate::fsio::MAX_JSON_BYTES)?,
+            files.path(pre),
+        )?;
+        let tokenizer = TextTokenizer::from_bytes(
+            files
+                .require_text("tokenizer.json", crate::fsio::MAX_TOKENIZER_BYTES)?
+                .as_bytes(),
+            &files.path("tokenizer.json"),
+        )?;
+        let proc_cfg = files.read_json("processor_config.json")?;
+        let tok_cfg = files.read_json("tokenizer_config.json")?;
+        let dir = files;
 
         if image.max_image_size as usize != cfg.vision.image_size {
             return Err(Error::format(
-                dir.join("preprocessor_config.json"),
+                dir.path("preprocessor_config.json"),
                 format!(
                     "max_image_size.longest_edge {} is not the vision tower's image_size {}",
                     image.max_image_size, cfg.vision.image_size
@@ -79,13 +88,13 @@ impl Processor {
             Some(v) => {
                 let n = v.as_u64().ok_or_else(|| {
                     Error::format(
-                        dir.join("processor_config.json"),
+                        dir.path("processor_config.json"),
                         "image_seq_len: expected an integer",
                     )
                 })? as usize;
                 if n != expected {
                     return Err(Error::format(
-                        dir.join("processor_config.json"),
+                        dir.path("processor_config.json"),
                         format!("image_seq_len {n} disagrees with the model's {expected} tokens per tile"),
                     ));
                 }
@@ -99,14 +108,14 @@ impl Processor {
         for t in [&tokens.image, &tokens.fake_around, &tokens.global] {
             if tokenizer.token_id(t).is_none() {
                 return Err(Error::format(
-                    dir.join("tokenizer.json"),
+                    dir.path("tokenizer.json"),
                     format!("the tokenizer has no {t} token"),
                 ));
             }
         }
         if tokenizer.token_id(&tokens.image) != Some(cfg.image_token_id) {
             return Err(Error::format(
-                dir.join("config.json"),
+                dir.path("config.json"),
                 format!(
                     "image_token_id {} is not the id of the tokenizer's {} token ({})",
                     cfg.image_token_id,
@@ -213,16 +222,6 @@ impl Processor {
     }
 }
 
-fn read_json_opt(path: &Path) -> Result<Option<Value>> {
-    if !crate::fsio::regular_file_exists(path)? {
-        return Ok(None);
-    }
-    let text = crate::fsio::read_text_limited(path, crate::fsio::MAX_JSON_BYTES)?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| Error::format(path, format!("invalid JSON: {e}")))
-}
-
 /// A special token given as a string or as `{"content": ...}`.
 fn token_string(v: Option<&Value>) -> Option<String> {
     match v? {
@@ -235,19 +234,20 @@ fn token_string(v: Option<&Value>) -> Option<String> {
 /// The chat template, looked up where transformers looks: chat_template.jinja,
 /// chat_template.json, processor_config.json, tokenizer_config.json.
 fn find_template(
-    dir: &Path,
+    dir: &ModelFiles,
     proc_cfg: Option<&Value>,
     tok_cfg: Option<&Value>,
 ) -> Result<Option<String>> {
-    let jinja = dir.join("chat_template.jinja");
-    if crate::fsio::regular_file_exists(&jinja)? {
-        return crate::fsio::read_text_limited(&jinja, crate::fsio::MAX_JSON_BYTES).map(Some);
+    if let Some(t) = dir.read_text("chat_template.jinja", crate::fsio::MAX_JSON_BYTES)? {
+        return Ok(Some(t));
     }
-    let json = dir.join("chat_template.json");
-    if let Some(v) = read_json_opt(&json)? {
+    if let Some(v) = dir.read_json("chat_template.json")? {
         return match v.get("chat_template") {
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            _ => Err(Error::format(&json, "chat_template: expected a string")),
+            _ => Err(Error::format(
+                dir.path("chat_template.json"),
+                "chat_template: expected a string",
+            )),
         };
     }
     for v in [proc_cfg, tok_cfg].into_iter().flatten() {

@@ -156,6 +156,20 @@ fn bytes_of<T>(v: &[T]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
+/// `n` blocks copied out of `bytes` (exactly `n` blocks long).
+fn blocks_from<T: GgmlType>(bytes: &[u8], n: usize) -> Vec<T> {
+    let mut v: Vec<T> = (0..n).map(|_| T::zeros()).collect();
+    // SAFETY: as in `bytes_of`, T is a padding-free #[repr(C)] struct of u8/i8 arrays and f16
+    // (or f16 / bf16 itself), for which every bit pattern is a valid value; the destination is
+    // exactly `size_of_val(v)` bytes of initialised memory we own, and the caller checked that
+    // `bytes` has that length.
+    let dst = unsafe {
+        std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(&v[..]))
+    };
+    dst.copy_from_slice(bytes);
+    v
+}
+
 /// A `[rows, cols]` matrix stored in a GGML format.
 #[derive(Debug, Clone)]
 pub struct GgmlTensor {
@@ -191,6 +205,40 @@ impl GgmlTensor {
             GgmlKind::Q5_0 => Blocks::Q5_0(quantize_rows(data, cols)),
             GgmlKind::Q4K => Blocks::Q4K(quantize_rows(data, cols)),
             GgmlKind::Q4_0 => Blocks::Q4_0(quantize_rows(data, cols)),
+        };
+        Ok(Self {
+            kind,
+            rows,
+            cols,
+            blocks,
+        })
+    }
+
+    /// A matrix from its stored bytes in ggml's block layout (a GGUF tensor's data); the length
+    /// must be exactly that of `rows` rows of `cols` values.
+    pub fn from_bytes(kind: GgmlKind, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
+        let bad =
+            |m: String| Error::InvalidArgument(format!("{} [{rows}, {cols}]: {m}", kind.name()));
+        if !cols.is_multiple_of(kind.block_len()) {
+            return Err(bad(format!(
+                "rows are no multiple of {}-value blocks",
+                kind.block_len()
+            )));
+        }
+        let n_blocks = rows
+            .checked_mul(cols / kind.block_len())
+            .ok_or_else(|| bad("too large".into()))?;
+        if n_blocks.checked_mul(kind.block_bytes()) != Some(bytes.len()) {
+            return Err(bad(format!("{} bytes for {n_blocks} blocks", bytes.len())));
+        }
+        let blocks = match kind {
+            GgmlKind::F16 => Blocks::F16(blocks_from(bytes, n_blocks)),
+            GgmlKind::Bf16 => Blocks::Bf16(blocks_from(bytes, n_blocks)),
+            GgmlKind::Q8_0 => Blocks::Q8_0(blocks_from(bytes, n_blocks)),
+            GgmlKind::Q6K => Blocks::Q6K(blocks_from(bytes, n_blocks)),
+            GgmlKind::Q5_0 => Blocks::Q5_0(blocks_from(bytes, n_blocks)),
+            GgmlKind::Q4K => Blocks::Q4K(blocks_from(bytes, n_blocks)),
+            GgmlKind::Q4_0 => Blocks::Q4_0(blocks_from(bytes, n_blocks)),
         };
         Ok(Self {
             kind,
