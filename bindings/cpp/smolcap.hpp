@@ -110,8 +110,10 @@ struct LoadOptions {
     /// Hub revision; empty = "main".
     std::string revision;
     /// Weight storage quantized at load ("q8_0", "q4_0", "q4_k,vision=q8_0", ...; see
-    /// docs/QUANTIZATION.md); empty = dense.
+    /// docs/QUANTIZATION.md); empty = dense (a GGUF model: as the file stores it).
     std::string quantize;
+    /// The mmproj*.gguf of a GGUF text model; empty = the one beside it.
+    std::string mmproj;
 };
 
 /// Facts about a model (a copy; strings owned here).
@@ -198,7 +200,8 @@ inline std::vector<Caption> copy_captions(const smolcap_captions *c) {
 /// A loaded model. Move-only; const methods may be called from many threads.
 class Model {
 public:
-    /// Loads a model directory or hub repo id.
+    /// Loads a model directory, a GGUF pair (FILE.gguf or a directory holding it and its
+    /// mmproj) or a hub repo id.
     static Model load(const std::string &dir_or_repo, const LoadOptions &opt = {}) {
         smolcap_load_params p;
         detail::check(smolcap_load_params_init(&p, sizeof p));
@@ -206,6 +209,7 @@ public:
         p.device = opt.device.c_str();
         p.revision = opt.revision.empty() ? nullptr : opt.revision.c_str();
         p.quantize = opt.quantize.empty() ? nullptr : opt.quantize.c_str();
+        p.mmproj = opt.mmproj.empty() ? nullptr : opt.mmproj.c_str();
         smolcap_model *m = nullptr;
         detail::check(smolcap_model_load(dir_or_repo.c_str(), &p, &m));
         return Model(m);

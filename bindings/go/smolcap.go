@@ -88,7 +88,8 @@ func LiveObjects() int { return int(C.smolcap_debug_live_objects()) }
 type LoadOptions struct {
 	Device   string // "cpu" (default), "cuda:N", "metal"
 	Revision string // hub revision, default "main"
-	Quantize string // weight storage quantized at load ("q8_0", "q4_0,vision=q8_0", ...); "" = dense
+	Quantize string // weight storage quantized at load ("q8_0", "q4_0,vision=q8_0", ...); "" = dense (GGUF: as stored)
+	Mmproj   string // the mmproj*.gguf of a GGUF text model; "" = the one beside it
 }
 
 // Model is a loaded model, usable from many goroutines.
@@ -97,7 +98,8 @@ type Model struct {
 	p  *C.smolcap_model
 }
 
-// Load loads a model directory or hub repo id.
+// Load loads a model directory, a GGUF pair (FILE.gguf, or a directory holding it and its
+// mmproj) or a hub repo id.
 func Load(dirOrRepo string, opt *LoadOptions) (*Model, error) {
 	var p C.smolcap_load_params
 	if err := call(func() C.smolcap_status {
@@ -118,6 +120,10 @@ func Load(dirOrRepo string, opt *LoadOptions) (*Model, error) {
 	if opt != nil && opt.Quantize != "" {
 		p.quantize = C.CString(opt.Quantize)
 		defer C.free(unsafe.Pointer(p.quantize))
+	}
+	if opt != nil && opt.Mmproj != "" {
+		p.mmproj = C.CString(opt.Mmproj)
+		defer C.free(unsafe.Pointer(p.mmproj))
 	}
 	var out *C.smolcap_model
 	if err := call(func() C.smolcap_status { return C.smolcap_model_load(cdir, &p, &out) }); err != nil {

@@ -517,4 +517,21 @@ func TestQuantizedModel(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(c[0].Tokens, want["q8_0"].tokens) || c[0].Text != want["q8_0"].text {
 		t.Errorf("q8_0: %v %v, Rust %v", c, err, want["q8_0"].tokens)
 	}
+	// llama.cpp's Q8_0 GGUF pair of the same model captions the same.
+	dir := filepath.Join(filepath.Dir(env(t, "SMOLCAP_MODEL_DIR")), "gguf-llama-cpp")
+	g, err := Load(filepath.Join(dir, "tiny-idefics3-q8_0.gguf"),
+		&LoadOptions{Mmproj: filepath.Join(dir, "mmproj-tiny-idefics3-q8_0.gguf")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	gs, err := g.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gs.Close()
+	c, err = gs.Caption([]Image{image(t, "photo_640x480.png")}, greedy12())
+	if err != nil || !reflect.DeepEqual(c[0].Tokens, want["q8_0"].tokens) {
+		t.Errorf("gguf: %v %v, Rust %v", c, err, want["q8_0"].tokens)
+	}
 }

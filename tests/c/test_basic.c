@@ -329,6 +329,44 @@ static void test_quantize(const char *model_dir, const unsigned char *png, size_
     smolcap_model_free(m);
 }
 
+/* A llama.cpp GGUF pair (tests/fixtures/gguf-llama-cpp, written by convert_hf_to_gguf.py at
+ * Q8_0) captions as the directory quantised to q8_0 at load: found in its directory, and named
+ * by file with params.mmproj. */
+static void test_gguf(const char *model_dir, const unsigned char *png, size_t png_len,
+                      const expected_set *e) {
+    char dir[4096], text[4200], proj[4200];
+    const char *slash = strrchr(model_dir, '/');
+    size_t n = slash ? (size_t)(slash - model_dir) : 0;
+    snprintf(dir, sizeof dir, "%.*s/gguf-llama-cpp", (int)n, model_dir);
+    snprintf(text, sizeof text, "%s/tiny-idefics3-q8_0.gguf", dir);
+    snprintf(proj, sizeof proj, "%s/mmproj-tiny-idefics3-q8_0.gguf", dir);
+    smolcap_load_params lp;
+    smolcap_image im = encoded(png, png_len);
+    smolcap_generate_params p = greedy12();
+    CHECK_OK(smolcap_load_params_init(&lp, sizeof lp));
+    CHECK(lp.mmproj == NULL, "default mmproj");
+    for (int i = 0; i < 2; i++) {
+        smolcap_model *m = NULL;
+        smolcap_session *s = NULL;
+        smolcap_captions *c = NULL;
+        lp.mmproj = i ? proj : NULL;
+        CHECK_OK(smolcap_model_load(i ? text : dir, &lp, &m));
+        if (m == NULL) return;
+        CHECK_OK(smolcap_session_new(m, &s));
+        CHECK_OK(smolcap_caption(s, &im, 1, &p, NULL, NULL, &c));
+        CHECK(c && same_caption(c, 0, find_expected(e, "q8_0")), "gguf caption differs (%d)", i);
+        smolcap_captions_free(c);
+        smolcap_session_free(s);
+        smolcap_model_free(m);
+    }
+    /* The text model given as its own projector: a format error naming the key. */
+    smolcap_model *m = NULL;
+    lp.mmproj = text;
+    CHECK_STATUS(smolcap_model_load(text, &lp, &m), SMOLCAP_STATUS_UNSUPPORTED);
+    CHECK_MSG("idefics3");
+    CHECK(m == NULL, "out written");
+}
+
 static void test_panic(const smolcap_model *m, const unsigned char *png, size_t png_len) {
     smolcap_session *s = NULL;
     smolcap_captions *c = NULL;
@@ -381,6 +419,7 @@ int main(int argc, char **argv) {
     test_raw(s, e);
     test_callback_stream_score(s, jpg, jpg_len, png, png_len, e);
     test_quantize(argv[1], png, png_len, e);
+    test_gguf(argv[1], png, png_len, e);
     test_panic(m, png, png_len);
 
     smolcap_session_free(s);

@@ -166,6 +166,15 @@ int main(int argc, char **argv) {
         check(status_of([&] { smolcap::Model::load(dir, q8); }) ==
                   SMOLCAP_STATUS_INVALID_ARGUMENT,
               "bad quantize");
+        // llama.cpp's Q8_0 GGUF pair of the same model, its mmproj named: the same tokens.
+        const std::string gdir = dir.substr(0, dir.rfind('/')) +
+                                 "/gguf-llama-cpp/";
+        smolcap::LoadOptions g;
+        g.mmproj = gdir + "mmproj-tiny-idefics3-q8_0.gguf";
+        auto gmodel = smolcap::Model::load(gdir + "tiny-idefics3-q8_0.gguf", g);
+        smolcap::Session gsession(gmodel);
+        check(gsession.caption(ims[0], greedy12()).tokens == expected.at("q8_0").tokens,
+              "gguf caption differs from the Rust path");
         auto badp = greedy12();
         badp.c.strategy = 99;
         check(status_of([&] { session.caption(ims[0], badp); }) ==

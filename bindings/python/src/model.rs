@@ -338,10 +338,12 @@ fn caption_all(
 
 #[pymethods]
 impl Model {
-    /// Loads a model directory (HF layout) or a hub repo id.
+    /// Loads a model directory (HF layout), a GGUF pair (`FILE.gguf` with `mmproj`, or a
+    /// directory holding both) or a hub repo id.
     #[staticmethod]
     #[pyo3(signature = (path, *, device="cpu", dtype="f32", revision=None, quantize=None,
-                        max_image_pixels=64 * 1024 * 1024, max_image_bytes=64 * 1024 * 1024))]
+                        mmproj=None, max_image_pixels=64 * 1024 * 1024,
+                        max_image_bytes=64 * 1024 * 1024))]
     #[allow(clippy::too_many_arguments)]
     fn load(
         py: Python<'_>,
@@ -350,6 +352,7 @@ impl Model {
         dtype: &str,
         revision: Option<String>,
         quantize: Option<String>,
+        mmproj: Option<PathBuf>,
         max_image_pixels: u64,
         max_image_bytes: u64,
     ) -> PyResult<Self> {
@@ -360,6 +363,7 @@ impl Model {
             device: smolcap::device::parse_device(device).map_err(to_pyerr)?,
             revision,
             quantize,
+            mmproj,
             ..Default::default()
         };
         let spec = path.to_string_lossy().into_owned();

@@ -149,6 +149,16 @@ def test_caption_object():
     assert smolcap.Model.caption.__doc__ and "Captions" in smolcap.Model.caption.__doc__
 
 
+def test_gguf_pair_captions_as_quantize_at_load():
+    p = IMAGES / "photo_640x480.png"
+    gdir = FIXTURES / "gguf-llama-cpp"
+    want = smolcap.Model.load(FIXTURES / "tiny-idefics3", quantize="q8_0").caption(p, max_new_tokens=12)
+    for m in [smolcap.Model.load(gdir),
+              smolcap.Model.load(gdir / "tiny-idefics3-q8_0.gguf",
+                                 mmproj=gdir / "mmproj-tiny-idefics3-q8_0.gguf")]:
+        assert m.caption(p, max_new_tokens=12).token_ids == want.token_ids
+
+
 def test_quantized_models_equal_the_cli():
     p = IMAGES / "photo_640x480.png"
     for spec in ["q8_0", "q4_0,vision=q8_0"]:

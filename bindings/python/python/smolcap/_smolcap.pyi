@@ -98,14 +98,18 @@ class Model:
         dtype: str = "f32",
         revision: Optional[str] = None,
         quantize: Optional[str] = None,
+        mmproj: Optional[Union[str, os.PathLike]] = None,
         max_image_pixels: int = 64 * 1024 * 1024,
         max_image_bytes: int = 64 * 1024 * 1024,
     ) -> "Model":
-        """Loads a model directory (HF layout) or a hub repo id.
+        """Loads a model directory (HF layout), a GGUF pair or a hub repo id.
+
+        A GGUF pair is llama.cpp's text model ``FILE.gguf`` with its vision projector
+        (``mmproj``, or the one ``mmproj*.gguf`` beside it), or a directory holding both.
 
         device: "cpu", "cuda[:N]" or "metal" (when built with that feature); dtype: "f32",
         "bf16" or "f16". ``quantize``: weight storage quantised at load, e.g. "q8_0", "q4_0",
-        "q4_k" or "q4_0,vision=q8_0" (docs/QUANTIZATION.md); None keeps the weights dense.
+        "q4_k" or "q4_0,vision=q8_0" (docs/QUANTIZATION.md); None keeps the weights as stored.
         """
     @property
     def path(self) -> str: ...
