@@ -42,7 +42,13 @@ fn load_gguf(path: &Path, spec: &str) -> Model {
 
 /// Greedy tokens and the caption log-likelihood of every fixture image.
 fn behaviour(m: &Model) -> Vec<(Vec<u32>, f64)> {
+    behaviour_with(m, Vec::new())
+}
+
+/// [`behaviour`] with adapters applied unmerged.
+fn behaviour_with(m: &Model, adapters: Vec<smolcap::ActiveAdapter>) -> Vec<(Vec<u32>, f64)> {
     let o = CaptionOptions {
+        adapters,
         params: GenerateParams {
             max_new_tokens: 10,
             min_new_tokens: 10,
@@ -60,9 +66,7 @@ fn behaviour(m: &Model) -> Vec<(Vec<u32>, f64)> {
             let c = m
                 .caption(&[vec![&img]], &o, &AtomicBool::new(false), &mut noop)
                 .unwrap();
-            let nll = m
-                .caption_nll(&[&img], &CaptionOptions::default(), "a photo of a cat 123")
-                .unwrap();
+            let nll = m.caption_nll(&[&img], &o, "a photo of a cat 123").unwrap();
             (c[0].token_ids.clone(), nll.total)
         })
         .collect()
@@ -90,6 +94,26 @@ fn llama_cpp_pair_loads_and_captions_as_quantize_at_load() {
         &behaviour(&m),
         "llama.cpp q8_0 pair",
     );
+}
+
+#[test]
+fn a_peft_adapter_applies_unmerged_on_a_gguf_base() {
+    let with = |m: &Model| {
+        let a = m.load_adapter(&fixture("adapters/text_r4_a8")).unwrap();
+        behaviour_with(
+            m,
+            vec![smolcap::ActiveAdapter {
+                adapter: std::sync::Arc::new(a),
+                weight: 1.0,
+            }],
+        )
+    };
+    let gguf = load_gguf(&fixture("gguf-llama-cpp"), "");
+    let direct = load_dir("q8_0");
+    let (a, b) = (with(&direct), with(&gguf));
+    assert_same(&a, &b, "adapter on the llama.cpp q8_0 pair");
+    // The adapter changes the outputs (the comparison above is not of two base models).
+    assert_ne!(a, behaviour(&gguf));
 }
 
 #[test]

@@ -423,6 +423,10 @@ struct BenchArgs {
     /// JSON written by tools/reference/bench_torch.py on the same model and image.
     #[arg(long)]
     torch_json: Option<PathBuf>,
+    /// JSON written by tools/reference/bench_llama_cpp.sh on the same model (as GGUF) and image;
+    /// shown instead of PyTorch's.
+    #[arg(long, conflicts_with = "torch_json")]
+    llama_json: Option<PathBuf>,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -1172,7 +1176,11 @@ fn bench(a: BenchArgs) -> AnyResult<()> {
         "read_gb_per_s_plain_pages": bw_plain,
         "decode_floor_ms_per_token": floor_ms,
     });
-    let torch: Option<serde_json::Value> = match &a.torch_json {
+    let (ref_name, ref_key, ref_path) = match (&a.torch_json, &a.llama_json) {
+        (_, Some(p)) => ("llama.cpp", "llama_cpp", Some(p)),
+        (p, None) => ("pytorch", "torch", p.as_ref()),
+    };
+    let torch: Option<serde_json::Value> = match ref_path {
         Some(p) => Some(serde_json::from_str(&smolcap::fsio::read_text_limited(
             p,
             smolcap::fsio::MAX_JSON_BYTES,
@@ -1182,7 +1190,7 @@ fn bench(a: BenchArgs) -> AnyResult<()> {
     if a.json {
         outln!(
             "{}",
-            serde_json::to_string_pretty(&json!({"smolcap": ours, "torch": torch}))?
+            serde_json::to_string_pretty(&json!({"smolcap": ours, ref_key: torch}))?
         );
         return Ok(());
     }
@@ -1204,7 +1212,7 @@ fn bench(a: BenchArgs) -> AnyResult<()> {
         "{:<26} {:>12} {:>12} {:>10}",
         "stage",
         "smolcap",
-        "pytorch",
+        ref_name,
         "ratio"
     );
     let rows = [
@@ -1233,7 +1241,7 @@ fn bench(a: BenchArgs) -> AnyResult<()> {
         floor_ms,
         decode_ms / floor_ms
     );
-    outln!("(ratio = pytorch / smolcap: above 1 means smolcap is faster or smaller)");
+    outln!("(ratio = {ref_name} / smolcap: above 1 means smolcap is faster or smaller)");
     Ok(())
 }
 
