@@ -1149,7 +1149,14 @@ fn bench(a: BenchArgs) -> AnyResult<()> {
         .iter()
         .map(|l| l.weight.resident_bytes())
         .sum::<usize>() as f64;
-    let weights = smolcap::quant::QuantSpec::parse(&a.model.quantize)?.describe();
+    let spec = smolcap::quant::QuantSpec::parse(&a.model.quantize)?;
+    let weights = if spec == smolcap::quant::QuantSpec::default()
+        && smolcap::gguf::is_gguf_path(model.dir())
+    {
+        "as stored in the GGUF files".to_string()
+    } else {
+        spec.describe()
+    };
     // Peak RSS before the probes' 512 MiB buffers.
     let rss = peak_rss_mb();
     // The floor takes the faster of the two probes: the stricter bound.
