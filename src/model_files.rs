@@ -102,8 +102,13 @@ impl ModelFiles {
 
     /// File `name`, which must exist.
     pub fn require_text(&self, name: &str, max: u64) -> Result<String> {
-        self.read_text(name, max)?
-            .ok_or_else(|| Error::format(self.path(name), "missing"))
+        match self {
+            // A missing file is the I/O error naming it, as reading it directly gives.
+            ModelFiles::Dir(d) => crate::fsio::read_text_limited(&d.join(name), max),
+            ModelFiles::Gguf { .. } => self
+                .read_text(name, max)?
+                .ok_or_else(|| Error::format(self.path(name), "missing")),
+        }
     }
 
     /// The model's tensors, converted to `dtype` on `device` as they are read.

@@ -126,6 +126,8 @@ compile() { # NAME CMD... (compile failures are test failures)
     compile header-cxx17 g++ "${strict_cxx[@]}" $cflags -o "$bin/header_cxx" \
         tests/c/header_cxx.cpp $libs || true
     compile test_basic gcc "${strict_c[@]}" $cflags -o "$bin/test_basic" tests/c/test_basic.c $libs -lm || true
+    compile test_abi_layout gcc "${strict_c[@]}" $cflags -o "$bin/test_abi_layout" \
+        tests/c/test_abi_layout.c $libs || true
     compile test_basic_asan gcc "${strict_c[@]}" "${san[@]}" $cflags -o "$bin/test_basic_asan" \
         tests/c/test_basic.c $libs -lm || true
     compile test_adapters_asan gcc "${strict_c[@]}" "${san[@]}" $cflags -o "$bin/test_adapters_asan" \
@@ -153,6 +155,7 @@ step "C / C++ tests (ASan + UBSan, no suppressions)"
 export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0:strict_string_checks=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 [ -x "$bin/header_cxx" ] && run_test header_cxx17 "$bin/header_cxx"
+[ -x "$bin/test_abi_layout" ] && run_test test_abi_layout "$bin/test_abi_layout"
 [ -x "$bin/test_basic_asan" ] && run_test test_basic_asan "$bin/test_basic_asan" "$fixture" "$images" "$expected"
 [ -x "$bin/test_adapters_asan" ] && run_test test_adapters_asan "$bin/test_adapters_asan" "$fixture" \
     "$root/tests/fixtures" "$metrics_ref" "$scratch"
