@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
-use super::file::{write, TensorPlan};
 use super::names::{order_heads, source_row, to_gguf, Part};
 use super::weights::ggml_type_id;
+use super::writer::{write, TensorPlan};
 use crate::config::{ConfigLimits, ModelConfig};
 use crate::error::{Error, Result};
 use crate::model::weights::Weights;

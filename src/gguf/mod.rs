@@ -7,6 +7,7 @@ pub mod file;
 pub mod meta;
 pub mod names;
 pub mod weights;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,15 @@ fn is_mmproj_name(p: &Path) -> bool {
     p.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.to_ascii_lowercase().starts_with("mmproj"))
+}
+
+/// The file names of `paths`, comma-separated (for messages).
+fn file_names(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The `.gguf` files directly in `dir`, sorted.
@@ -69,10 +79,7 @@ pub fn find_pair(model: &Path, mmproj: Option<&Path>) -> Result<Option<(PathBuf,
                 "{what}: {} mmproj files in {} ({}); pass one with --mmproj",
                 many.len(),
                 dir.display(),
-                many.iter()
-                    .filter_map(|p| p.file_name()?.to_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                file_names(many)
             ))),
         }
     };
@@ -102,10 +109,7 @@ pub fn find_pair(model: &Path, mmproj: Option<&Path>) -> Result<Option<(PathBuf,
                     "{}: {} text GGUF files ({}); name one with --model FILE.gguf",
                     model.display(),
                     many.len(),
-                    many.iter()
-                        .filter_map(|p| p.file_name()?.to_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    file_names(many)
                 )))
             }
         }

@@ -84,6 +84,16 @@ fn split_param(name: &str) -> Option<(&str, &str)> {
     matches!(p, "weight" | "bias").then_some((m, p))
 }
 
+/// `(i, rest)` of a module named `{prefix}{i}.{rest}`, `i` in canonical decimal only (`01` would
+/// map two names onto one).
+fn layer_of<'a>(module: &'a str, prefix: &str) -> Option<(usize, &'a str)> {
+    let (i, sub) = module.strip_prefix(prefix)?.split_once('.')?;
+    if i.is_empty() || (i.len() > 1 && i.starts_with('0')) {
+        return None;
+    }
+    Some((i.parse().ok()?, sub))
+}
+
 /// The GGUF name, file and row order of checkpoint tensor `name`, if it belongs to the pair.
 pub fn to_gguf(name: &str) -> Option<(String, Part, RowOrder)> {
     let (module, param) = split_param(name)?;
@@ -92,15 +102,7 @@ pub fn to_gguf(name: &str) -> Option<(String, Part, RowOrder)> {
             return Some((format!("{gg}.{param}"), part, RowOrder::Same));
         }
     }
-    let layer = |prefix: &str| -> Option<(usize, &str)> {
-        let rest = module.strip_prefix(prefix)?;
-        let (i, sub) = rest.split_once('.')?;
-        // Canonical decimal only: `01` would map two names onto one.
-        if i.is_empty() || (i.len() > 1 && i.starts_with('0')) {
-            return None;
-        }
-        Some((i.parse().ok()?, sub))
-    };
+    let layer = |prefix: &str| layer_of(module, prefix);
     if let Some((i, sub)) = layer("model.text_model.layers.") {
         let (_, gg) = TEXT_LAYER.iter().find(|(hf, _)| *hf == sub)?;
         let order = match *gg {
@@ -129,14 +131,7 @@ pub fn from_gguf(name: &str, part: Part) -> Option<(String, RowOrder)> {
             return Some((format!("{hf}.{param}"), RowOrder::Same));
         }
     }
-    let layer = |prefix: &str| -> Option<(usize, &str)> {
-        let rest = module.strip_prefix(prefix)?;
-        let (i, sub) = rest.split_once('.')?;
-        if i.is_empty() || (i.len() > 1 && i.starts_with('0')) {
-            return None;
-        }
-        Some((i.parse().ok()?, sub))
-    };
+    let layer = |prefix: &str| layer_of(module, prefix);
     match part {
         Part::Text => {
             let (i, sub) = layer("blk.")?;
