@@ -131,10 +131,16 @@ fn versions_agree() {
         .expect("SMOLCAP_ABI_VERSION")
         .trim()
         .to_string();
+    // The SONAME's number is read from the same constant (build.rs), not written twice.
     let build = std::fs::read_to_string(root().join("build.rs")).unwrap();
     assert!(
-        build.contains(&format!("const ABI: u32 = {abi};")),
-        "build.rs SONAME ABI differs from SMOLCAP_ABI_VERSION {abi}"
+        build.contains("src/ffi/version.rs") && build.contains("SMOLCAP_ABI_VERSION"),
+        "build.rs must take the SONAME's ABI number from src/ffi/version.rs"
+    );
+    let version = std::fs::read_to_string(root().join("src/ffi/version.rs")).unwrap();
+    assert!(
+        version.contains(&format!("pub const SMOLCAP_ABI_VERSION: u32 = {abi};")),
+        "the header's SMOLCAP_ABI_VERSION {abi} differs from src/ffi/version.rs"
     );
     let pc = std::fs::read_to_string(root().join("pkgconfig/smolcap.pc.in")).unwrap();
     assert!(pc.contains("@VERSION@"));
