@@ -148,26 +148,35 @@ impl GgufWeights {
         Ok((rows, cols, info.ggml_type, out))
     }
 
+    /// The format `name` is stored in (`None`: f32); a type smolcap does not read is an error
+    /// naming the tensor, given before any of its bytes are read.
+    fn stored_kind(&self, name: &str) -> Result<Option<GgmlKind>> {
+        let (f, info, _) = self.locate(name)?;
+        if info.ggml_type == 0 {
+            return Ok(None);
+        }
+        kind_of_type(info.ggml_type).map(Some).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{}: tensor {} is stored as {}, which smolcap does not read (f32, f16, bf16, q8_0, q6_k, q5_0, q4_k and q4_0 are read)",
+                f.path().display(),
+                info.name,
+                ggml_type_name(info.ggml_type)
+            ))
+        })
+    }
+
     /// `name` as f32 values (dequantised if stored in a GGML format) with its PyTorch shape.
     pub fn f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
-        let (f, info, _) = self.locate(name)?;
-        let shape = info.torch_shape();
-        let (rows, cols, ty, bytes) = self.rows(name)?;
-        if ty == 0 {
+        let kind = self.stored_kind(name)?;
+        let shape = self.shape(name).unwrap_or_default();
+        let (rows, cols, _, bytes) = self.rows(name)?;
+        let Some(kind) = kind else {
             let v = bytes
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect();
             return Ok((v, shape));
-        }
-        let kind = kind_of_type(ty).ok_or_else(|| {
-            Error::Unsupported(format!(
-                "{}: tensor {} is stored as {}, which smolcap does not read (f32, f16, bf16, q8_0, q6_k, q5_0, q4_k and q4_0 are read)",
-                f.path().display(),
-                info.name,
-                ggml_type_name(ty)
-            ))
-        })?;
+        };
         let q = GgmlTensor::from_bytes(kind, rows, cols, &bytes)?;
         let mut out = vec![0f32; rows * cols];
         q.dequantize_rows_into(0, rows, &mut out)?;
@@ -176,14 +185,10 @@ impl GgufWeights {
 
     /// The `[rows, cols]` matrix `name` in its stored GGML format; `None` when stored as f32.
     pub fn quantized(&self, name: &str) -> Result<Option<QuantTensor>> {
-        let (f, info, _) = self.locate(name)?;
-        if info.ggml_type == 0 {
+        let Some(kind) = self.stored_kind(name)? else {
             return Ok(None);
-        }
-        let Some(kind) = kind_of_type(info.ggml_type) else {
-            // Not a format we compute in: the caller gets f32 values (and an error naming it).
-            return self.f32(name).map(|_| None);
         };
+        let (f, info, _) = self.locate(name)?;
         if info.dims.len() != 2 {
             return Err(Error::format(
                 f.path(),

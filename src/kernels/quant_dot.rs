@@ -665,7 +665,7 @@ pub fn dots(
     k: usize,
     w: &[u8],
 ) -> Result<()> {
-    if !supports(kind, k) || x.len() != m * k {
+    if !supports(kind, k) || !(1..=MAX_ROWS).contains(&m) || x.len() != m * k {
         return Err(Error::Internal(format!(
             "{} dot products: x {} for [{m}, {k}]",
             kind.name(),
@@ -686,23 +686,17 @@ pub fn dots(
     }
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
-        // SAFETY: the CPU has AVX2, FMA and F16C; the sizes were checked above.
+        // SAFETY: the CPU has AVX2, FMA and F16C; the sizes and `m` were checked above.
         if unsafe { avx2::dots_rows(kind, dots, x, m, k, w) } {
             return Ok(());
         }
-        return Err(Error::Internal(format!(
-            "quantised dot products of {m} rows"
-        )));
     }
     #[cfg(target_arch = "aarch64")]
     if matches!(kind, GgmlKind::Q8_0 | GgmlKind::Q4_0) {
-        // SAFETY: NEON is the aarch64 baseline; the sizes were checked above.
+        // SAFETY: NEON is the aarch64 baseline; the sizes and `m` were checked above.
         if unsafe { neon::dots_rows(kind == GgmlKind::Q4_0, dots, x, m, k, w) } {
             return Ok(());
         }
-        return Err(Error::Internal(format!(
-            "quantised dot products of {m} rows"
-        )));
     }
     dots_portable(kind, dots, x, m, k, w)
 }

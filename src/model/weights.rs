@@ -388,12 +388,15 @@ impl Weights {
 
     /// Fails unless `name` is stored as a floating-point dtype, naming the tensor.
     pub fn check_float(&self, name: &str) -> Result<()> {
-        if self.gguf.is_some() {
+        if let Some(g) = &self.gguf {
             // Every GGUF tensor is read as floats (or refused, naming its type, when read).
-            return match self.shape(name) {
-                Some(s) => self.check_shape(name, &s),
-                None => self.check_shape(name, &[]),
-            };
+            if !g.contains(name) {
+                return Err(Error::format(
+                    g.text().path(),
+                    format!("missing tensor {name}"),
+                ));
+            }
+            return Ok(());
         }
         let (shard, info) = self.locate(name)?;
         if !st_to_candle(info.dtype).is_some_and(|d| d.is_float()) {
